@@ -1,0 +1,39 @@
+"""physgen's built-in samplers, networks, datasets and metrics, as an ordinary plugin.
+
+Registered through the ``physgen`` entry-point group in physgen's own ``pyproject.toml``, by
+exactly the code path a third-party package uses. Each area keeps its list beside its code
+(``SAMPLERS`` in each solver module, ``NETWORKS`` in :mod:`physgen.nets`, ``DATASETS`` in
+:mod:`physgen.data`, ``METRICS`` in :mod:`physgen.metrics`); this module only hands them over.
+"""
+
+from __future__ import annotations
+
+from physgen.hookspecs import hookimpl
+
+
+@hookimpl
+def physgen_samplers():  # type: ignore[no-untyped-def]
+    from physgen.solvers import multistep, ode, sde
+
+    return [*ode.SAMPLERS, *multistep.SAMPLERS, *sde.SAMPLERS]
+
+
+@hookimpl
+def physgen_networks():  # type: ignore[no-untyped-def]
+    from physgen.nets import NETWORKS
+
+    return NETWORKS
+
+
+@hookimpl
+def physgen_datasets():  # type: ignore[no-untyped-def]
+    from physgen.data import DATASETS
+
+    return DATASETS
+
+
+@hookimpl
+def physgen_metrics():  # type: ignore[no-untyped-def]
+    from physgen.metrics import METRICS
+
+    return METRICS

@@ -1,0 +1,254 @@
+"""Plugin discovery: entry points in the ``physgen`` group, each loaded in isolation.
+
+pluggy's ``load_setuptools_entrypoints`` stops at the first plugin that fails to import, and a
+hook call stops at the first implementation that raises. Here every entry point is imported on
+its own and every implementation is called on its own: a broken plugin is recorded with its
+name, package and reason, and the rest keep working. Two plugins claiming one name make that
+name unavailable, with an error naming both.
+
+``PHYSGEN_DISABLE_PLUGINS=name1,name2`` skips the named entry points.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from physgen import hookspecs
+from physgen.errors import ConfigError, PluginError
+
+__all__ = [
+    "KINDS",
+    "CouplingEntry",
+    "DatasetEntry",
+    "MetricEntry",
+    "NetworkEntry",
+    "PluginInfo",
+    "ProcessEntry",
+    "Registry",
+    "get_registry",
+]
+
+DISABLE_ENV = "PHYSGEN_DISABLE_PLUGINS"
+
+
+@dataclass(frozen=True)
+class ProcessEntry:
+    name: str
+    cls: type  # a physgen.process.Process subclass
+    description: str
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str
+    #: ``(event_shape, num_classes, **config) -> nn.Module``
+    factory: Callable[..., Any]
+    description: str
+    #: default config (plain values)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    #: ``(n, *, seed, **options) -> physgen.data.Dataset``
+    loader: Callable[..., Any]
+    description: str
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    name: str
+    #: ``(samples, reference, *, generator) -> float``
+    fn: Callable[..., float]
+    description: str
+    lower_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class CouplingEntry:
+    name: str
+    #: ``(**options) -> coupling``; a coupling maps (x0, x1, generator) to re-paired (x0, x1)
+    factory: Callable[..., Any]
+    description: str
+
+
+def _sampler_type() -> type:
+    from physgen.solvers import Sampler
+
+    return Sampler
+
+
+#: kind -> (hook name, entry type)
+KINDS: dict[str, tuple[str, Callable[[], type]]] = {
+    "processes": ("physgen_processes", lambda: ProcessEntry),
+    "samplers": ("physgen_samplers", _sampler_type),
+    "networks": ("physgen_networks", lambda: NetworkEntry),
+    "datasets": ("physgen_datasets", lambda: DatasetEntry),
+    "metrics": ("physgen_metrics", lambda: MetricEntry),
+    "couplings": ("physgen_couplings", lambda: CouplingEntry),
+}
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``physgen plugins`` reports it."""
+
+    name: str
+    package: str
+    ok: bool = True
+    reason: str = ""
+
+
+@dataclass
+class _Claim:
+    entry: Any
+    plugin: PluginInfo
+
+
+class Registry:
+    """Everything the installed plugins provide, by kind and name."""
+
+    def __init__(
+        self,
+        plugins: Iterable[tuple[str, object]] | None = None,
+        *,
+        entry_points: bool = True,
+        disabled: Iterable[str] | None = None,
+    ):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: list[PluginInfo] = []
+        self._entries: dict[str, dict[str, _Claim]] = {kind: {} for kind in KINDS}
+        self._conflicts: dict[str, dict[str, list[PluginInfo]]] = {kind: {} for kind in KINDS}
+        if disabled is None:
+            disabled = [s.strip() for s in os.environ.get(DISABLE_ENV, "").split(",")]
+        self.disabled = {d for d in disabled if d}
+        if entry_points:
+            for ep in md.entry_points(group=hookspecs.PROJECT):
+                package = ep.dist.name if ep.dist is not None else ep.value.split(":")[0]
+                self._add_entry_point(ep, package)
+        for name, obj in plugins or ():
+            self._add(name, getattr(obj, "__name__", repr(obj)), obj)
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _add_entry_point(self, ep: md.EntryPoint, package: str) -> None:
+        if ep.name in self.disabled:
+            self.plugins.append(PluginInfo(ep.name, package, False, f"disabled by {DISABLE_ENV}"))
+            return
+        try:
+            obj = ep.load()
+        except Exception as err:  # any import failure is the plugin's, not ours
+            self.plugins.append(PluginInfo(ep.name, package, False, _reason(err)))
+            return
+        self._add(ep.name, package, obj)
+
+    def _add(self, name: str, package: str, obj: object) -> None:
+        info = PluginInfo(name, package)
+        self.plugins.append(info)
+        try:
+            self.pm.register(obj, name=name)
+        except Exception as err:
+            info.ok, info.reason = False, _reason(err)
+            return
+        for kind, (hook_name, entry_type) in KINDS.items():
+            impl = getattr(obj, hook_name, None)
+            if impl is None:
+                continue
+            try:
+                entries = list(impl())
+                want = entry_type()
+                for e in entries:
+                    if not isinstance(e, want):
+                        raise TypeError(
+                            f"{hook_name} returned {type(e).__name__}, expected {want.__name__}"
+                        )
+            except Exception as err:
+                info.ok = False
+                info.reason = f"{hook_name}: {_reason(err)}"
+                continue
+            for e in entries:
+                self._claim(kind, e, info)
+
+    def _claim(self, kind: str, entry: Any, plugin: PluginInfo) -> None:
+        name = entry.name
+        if name in self._conflicts[kind]:
+            self._conflicts[kind][name].append(plugin)
+        elif name in self._entries[kind]:
+            first = self._entries[kind].pop(name)
+            self._conflicts[kind][name] = [first.plugin, plugin]
+        else:
+            self._entries[kind][name] = _Claim(entry, plugin)
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def items(self, kind: str) -> list[tuple[Any, PluginInfo]]:
+        return [(c.entry, c.plugin) for _, c in sorted(self._entries[kind].items())]
+
+    def conflicts(self, kind: str) -> dict[str, list[PluginInfo]]:
+        return dict(self._conflicts[kind])
+
+    def get(self, kind: str, name: str) -> Any:
+        """The entry ``name`` of ``kind``; a one-line error listing the known names if absent."""
+        if kind not in KINDS:
+            raise ConfigError(f"unknown plugin kind {kind!r} (kinds: {', '.join(KINDS)})")
+        claim = self._entries[kind].get(name)
+        if claim is not None:
+            return claim.entry
+        if name in self._conflicts[kind]:
+            who = " and ".join(f"{p.name} ({p.package})" for p in self._conflicts[kind][name])
+            raise PluginError(f"{kind[:-1]} {name!r} is claimed by more than one plugin: {who}")
+        singular = kind[:-1]
+        known = ", ".join(self.names(kind)) or "none installed"
+        raise ConfigError(f"unknown {singular} {name!r} (available: {known})")
+
+    def plugin_of(self, kind: str, name: str) -> PluginInfo:
+        self.get(kind, name)
+        return self._entries[kind][name].plugin
+
+    def process(self, name: str) -> ProcessEntry:
+        return self.get("processes", name)  # type: ignore[no-any-return]
+
+    def sampler(self, name: str) -> Any:
+        return self.get("samplers", name)
+
+    def network(self, name: str) -> NetworkEntry:
+        return self.get("networks", name)  # type: ignore[no-any-return]
+
+    def dataset(self, name: str) -> DatasetEntry:
+        return self.get("datasets", name)  # type: ignore[no-any-return]
+
+    def metric(self, name: str) -> MetricEntry:
+        return self.get("metrics", name)  # type: ignore[no-any-return]
+
+    def coupling(self, name: str) -> CouplingEntry:
+        return self.get("couplings", name)  # type: ignore[no-any-return]
+
+    def broken(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if not p.ok]
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry(*, reload: bool = False) -> Registry:
+    """The process-wide registry of installed plugins, loaded on first use."""
+    global _REGISTRY
+    if _REGISTRY is None or reload:
+        _REGISTRY = Registry()
+    return _REGISTRY

@@ -1,0 +1,67 @@
+"""Explicit randomness. Library code never touches the global RNG.
+
+:class:`StackedGenerator` gives every sample its own ``torch.Generator`` (as NVlabs/edm's
+``StackedRandomGenerator``), so a sample depends on its seed and index only, never on the
+batch size it was drawn in. Samplers draw noise through :func:`randn_like`, which accepts
+either kind of generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Generator", "StackedGenerator", "randn", "randn_like"]
+
+
+class StackedGenerator:
+    """One ``torch.Generator`` per sample; ``randn`` stacks their draws along dim 0."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.generators = []
+        for s in seeds:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(int(s))
+            self.generators.append(g)
+
+    @classmethod
+    def for_samples(
+        cls, seed: int, start: int, count: int, device: torch.device | str = "cpu"
+    ) -> StackedGenerator:
+        """Generators for samples ``start .. start+count−1`` of the run seeded by ``seed``."""
+        return cls([(int(seed) << 32) + i for i in range(start, start + count)], device)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: Sequence[int], *, dtype: torch.dtype = torch.float32) -> Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"batch of {shape[0]} but {len(self.generators)} generators")
+        return torch.stack(
+            [torch.randn(tuple(shape[1:]), generator=g, device=self.device, dtype=dtype)
+             for g in self.generators]
+        )
+
+
+Generator = torch.Generator | StackedGenerator
+
+
+def randn(
+    shape: Sequence[int],
+    *,
+    generator: Generator | None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Standard normal noise of ``shape`` from ``generator`` (plain or stacked)."""
+    if isinstance(generator, StackedGenerator):
+        return generator.randn(shape, dtype=dtype).to(device or generator.device)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def randn_like(x: Tensor, generator: Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``x``, on its device and in its dtype."""
+    return randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
