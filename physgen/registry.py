@@ -172,7 +172,8 @@ class Registry:
                         )
             except Exception as err:
                 info.ok = False
-                info.reason = f"{hook_name}: {_reason(err)}"
+                reason = f"{hook_name}: {_reason(err)}"
+                info.reason = f"{info.reason}; {reason}" if info.reason else reason
                 continue
             for e in entries:
                 self._claim(kind, e, info)

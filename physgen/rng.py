@@ -41,8 +41,10 @@ class StackedGenerator:
         if shape[0] != len(self.generators):
             raise ValueError(f"batch of {shape[0]} but {len(self.generators)} generators")
         return torch.stack(
-            [torch.randn(tuple(shape[1:]), generator=g, device=self.device, dtype=dtype)
-             for g in self.generators]
+            [
+                torch.randn(tuple(shape[1:]), generator=g, device=self.device, dtype=dtype)
+                for g in self.generators
+            ]
         )
 
 

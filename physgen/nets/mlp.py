@@ -1,0 +1,59 @@
+"""The shared backbone for vector data: an MLP conditioned on the noise label."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from physgen.nets.embeddings import FourierEmbedding, PositionalEmbedding
+
+
+class MLP(nn.Module):
+    """``F(x, noise_label, class_labels=None)`` for ``x`` of shape ``[B, dim]``.
+
+    The noise label is embedded (positional or Fourier), mapped by a small MLP and added to
+    every hidden layer's pre-activation, as DDPM++ adds its embedding inside each residual
+    block. Hidden layers are residual (x + Linear(SiLU(LayerNorm(x)))) so depth is cheap to
+    raise. The output layer starts at zero: an untrained ``F`` is 0, the natural initial guess
+    for every preconditioned target (EDM's ``c_out F`` term, a velocity, a noise prediction).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        width: int = 128,
+        depth: int = 3,
+        emb_dim: int = 64,
+        embedding: str = "positional",
+        num_classes: int = 0,
+    ):
+        super().__init__()
+        if dim < 1 or width < 1 or depth < 1:
+            raise ValueError(f"MLP needs dim, width, depth ≥ 1, got {dim}, {width}, {depth}")
+        if embedding not in ("positional", "fourier"):
+            raise ValueError(f"embedding must be 'positional' or 'fourier', got {embedding!r}")
+        self.dim, self.num_classes = dim, num_classes
+        self.embed = (
+            PositionalEmbedding(emb_dim) if embedding == "positional" else FourierEmbedding(emb_dim)
+        )
+        self.emb_mlp = nn.Sequential(nn.Linear(emb_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.label_emb = nn.Embedding(num_classes, width) if num_classes > 0 else None
+        self.inp = nn.Linear(dim, width)
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict({"norm": nn.LayerNorm(width), "lin": nn.Linear(width, width)})
+            for _ in range(depth)
+        )
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"MLP expects x of shape [B, {self.dim}], got {list(x.shape)}")
+        emb = self.emb_mlp(self.embed(noise_label.expand(x.shape[0])).to(x.dtype))
+        if self.label_emb is not None and class_labels is not None:
+            emb = emb + self.label_emb(class_labels)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block["lin"](nn.functional.silu(block["norm"](h) + emb))
+        return self.out(h)  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""physgen_consistency plugin (in progress)."""

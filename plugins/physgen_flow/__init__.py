@@ -1,0 +1,1 @@
+"""physgen_flow plugin (in progress)."""

@@ -1,0 +1,1 @@
+"""physgen_poisson plugin (in progress)."""
