@@ -285,6 +285,11 @@ class Process(nn.Module):
         """Per-example training loss ``[B]`` at training step ``step`` for data ``y``."""
         raise NotImplementedError
 
+    def setup(self, net: nn.Module) -> None:
+        """Create training state that depends on the network (a consistency target copy, a
+        loaded teacher). Called by the trainer before the first step and before a checkpoint's
+        process state is loaded; must be idempotent."""
+
     def after_step(self, net: nn.Module, step: int) -> None:
         """Called by the trainer after each optimizer step (e.g. a target-network EMA)."""
 
