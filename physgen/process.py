@@ -50,9 +50,11 @@ __all__ = [
     "View",
     "append_dims",
     "as_time",
+    "convert_value",
     "gaussian_logp",
     "gaussian_prior",
     "karras_sigmas",
+    "option_docs",
     "parse_options",
 ]
 
@@ -217,14 +219,33 @@ def parse_options(options_cls: type, values: dict[str, Any], *, owner: str) -> A
             known = ", ".join(fields) or "none"
             raise ConfigError(f"{owner} has no option {name!r} (options: {known})")
         default = fields[name].default
-        kwargs[name] = _convert(raw, default, name=name, owner=owner)
+        kwargs[name] = convert_value(raw, default, name=name, owner=owner)
     try:
         return options_cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{owner}: {err}") from None
 
 
-def _convert(raw: Any, default: Any, *, name: str, owner: str) -> Any:
+def option_docs(options_cls: type) -> dict[str, str]:
+    """The one-line comment after each field of an options dataclass, by field name.
+
+    Options are documented the way the style guide asks (``name: type = default  # doc``);
+    this reads those comments back from the source so ``physgen plugins`` can show them.
+    """
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(options_cls)
+    except (OSError, TypeError):
+        return {}
+    pattern = re.compile(r"^\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+?)\s*$")
+    return {m.group(1): m.group(2) for m in map(pattern.match, source.splitlines()) if m}
+
+
+def convert_value(raw: Any, default: Any, *, name: str, owner: str) -> Any:
+    """Convert a string ``raw`` to the type of ``default`` (bool, int, float); other values
+    pass through. A bad string is a one-line :class:`ConfigError`."""
     if not isinstance(raw, str) or isinstance(default, str) or default is None:
         return raw
     try:

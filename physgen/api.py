@@ -1,0 +1,121 @@
+"""One-call lookups: processes, networks and checkpoints by name, with typed results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from physgen.errors import CheckpointError, ConfigError
+from physgen.process import Process, convert_value, parse_options
+from physgen.registry import get_registry
+
+__all__ = ["Checkpoint", "get_network", "get_process", "load_checkpoint"]
+
+
+def get_process(name: str, **options: Any) -> Process:
+    """The registered process ``name`` with ``options`` (values may be strings, as from
+    ``-o key=value``); unknown names and options are one-line :class:`ConfigError`."""
+    entry = get_registry().process(name)
+    opts = parse_options(entry.cls.Options, options, owner=f"process {name!r}")
+    process: Process = entry.cls(opts)
+    process.registry_name = name  # type: ignore[assignment]
+    return process
+
+
+def get_network(
+    name: str, event_shape: tuple[int, ...], num_classes: int = 0, **config: Any
+) -> nn.Module:
+    """The registered backbone ``name`` for data of ``event_shape``; ``config`` overrides the
+    network's defaults (unknown keys are a one-line :class:`ConfigError`)."""
+    entry = get_registry().network(name)
+    unknown = set(config) - set(entry.config)
+    if unknown:
+        known = ", ".join(entry.config) or "none"
+        raise ConfigError(f"network {name!r} has no option {sorted(unknown)[0]!r} ({known})")
+    merged = {**entry.config, **_typed(config, entry.config)}
+    try:
+        net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"network {name!r}: {err}") from None
+    return net
+
+
+def _typed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """String values (``--net-opt width=256``) converted to the type of the default."""
+    return {
+        k: convert_value(v, defaults.get(k), name=k, owner="network") for k, v in values.items()
+    }
+
+
+@dataclass
+class Checkpoint:
+    """A trained model, ready to sample: what :func:`load_checkpoint` returns."""
+
+    path: Path
+    process: Process
+    #: the backbone with EMA weights (what sampling should use), in eval mode
+    net: nn.Module
+    #: the backbone with the raw (online) weights
+    raw_net: nn.Module
+    event_shape: tuple[int, ...]
+    num_classes: int
+    step: int
+    meta: dict[str, Any]
+
+    @property
+    def process_name(self) -> str:
+        return str(self.meta["process"]["name"])
+
+    def sample(self, n: int = 1024, **kwargs: Any) -> Any:
+        """Shorthand for :func:`physgen.sampling.sample` with this checkpoint's model."""
+        from physgen.sampling import sample
+
+        return sample(self.process, self.net, self.event_shape, n=n, **kwargs)
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`physgen.train`; never executes code from the file.
+
+    The process and network are rebuilt by name through the registry from the file's JSON
+    metadata, then the weights are loaded from its safetensors tensors.
+    """
+    from physgen.io import load_checkpoint_file
+
+    path = Path(path)
+    raw = load_checkpoint_file(path)
+    meta = raw.meta
+    try:
+        proc_meta, net_meta, data_meta = meta["process"], meta["network"], meta["dataset"]
+        event_shape = tuple(int(d) for d in data_meta["event_shape"])
+        num_classes = int(data_meta.get("num_classes", 0))
+        process = get_process(proc_meta["name"], **proc_meta["options"])
+        net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
+        raw_net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({err})") from None
+    try:
+        raw_net.load_state_dict(raw.net)
+        net.load_state_dict(raw.ema or raw.net)
+        process.setup(raw_net)
+        if raw.process:
+            process.load_state_dict(raw.process)
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: weights do not fit the network ({first})") from None
+    for m in (net, raw_net, process):
+        m.to(device)
+    net.eval()
+    return Checkpoint(
+        path=path,
+        process=process,
+        net=net,
+        raw_net=raw_net,
+        event_shape=event_shape,
+        num_classes=num_classes,
+        step=int(meta.get("step", 0)),
+        meta=meta,
+    )

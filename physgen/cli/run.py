@@ -1,0 +1,250 @@
+"""What the CLI commands do, in library calls: build, train/sample, write the run file + PNG."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from physgen.api import get_network, get_process, load_checkpoint
+from physgen.data import load_dataset
+from physgen.io import RunWriter
+from physgen.plots import plot_curves, plot_samples
+
+
+def run_train(
+    *,
+    out_dir: Path,
+    process_name: str,
+    process_options: dict[str, str],
+    dataset: str,
+    n_data: int,
+    network: str,
+    net_options: dict[str, str],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    ema: float,
+    grad_clip: float,
+    checkpoint_every: int,
+    resume: bool,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    config: dict[str, Any],
+    command: str,
+) -> None:
+    from physgen.training import describe, train
+
+    # Validate everything cheap before any work: names, options, data.
+    process = get_process(process_name, **process_options)
+    data = load_dataset(dataset, n_data, seed=seed)
+    net = get_network(network, data.event_shape, data.num_classes, **net_options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / "checkpoint.safetensors"
+    run_path = out_dir / "train.h5"
+    meta = describe(process, net, data)
+    result = train(
+        process,
+        net.to(device),
+        data,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema,
+        grad_clip=grad_clip,
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        meta=meta,
+        progress=progress,
+    )
+    with RunWriter(
+        run_path, config=config, seed=seed, device=device, command=command, overwrite=True
+    ) as run:
+        run.add_curve("loss", result.losses)
+        run.add_metric("steps_per_second", result.steps / max(result.wall_seconds, 1e-9))
+        run.add_metric("final_loss", float(result.losses[-100:].mean()))
+        run.set_attrs(
+            process=process_name,
+            dataset=data.name,
+            network=network,
+            wall_seconds=result.wall_seconds,
+        )
+    plot_curves(
+        out_dir / "loss.png", {"loss": result.losses}, title=f"{process_name} on {data.name}"
+    )
+    click.echo(
+        f"trained {process_name} on {data.name} for {result.steps} steps in "
+        f"{result.wall_seconds:.1f} s ({result.steps / max(result.wall_seconds, 1e-9):.0f} "
+        f"steps/s); final loss {float(result.losses[-100:].mean()):.4g}\n"
+        f"checkpoint: {checkpoint}\nrun file:   {run_path}\nloss plot:  {out_dir / 'loss.png'}"
+    )
+
+
+def run_sample(
+    *,
+    checkpoint: Path,
+    out_path: Path,
+    sampler: str,
+    steps: int,
+    n: int,
+    sampler_options: dict[str, str],
+    batch_size: int,
+    metrics: bool,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    overwrite: bool,
+    config: dict[str, Any],
+    command: str,
+) -> None:
+    from physgen.registry import get_registry
+    from physgen.sampling import resolve_sampler, sample
+
+    ckpt = load_checkpoint(checkpoint, device=device)
+    spec = resolve_sampler(ckpt.process, sampler)  # fail before any work
+    options = _sampler_options(spec, sampler, sampler_options)
+    with click.progressbar(
+        length=n, label=f"sampling ({sampler}, {steps} steps)", hidden=not progress, file=None
+    ) as bar:
+        result = sample(
+            ckpt.process,
+            ckpt.net,
+            ckpt.event_shape,
+            n=n,
+            sampler=sampler,
+            steps=steps,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            options=options,
+            on_batch=bar.update,
+        )
+    x = result.x.float().cpu()
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+        click.echo(f"warning: {bad} of {n} samples are not finite", err=True)
+    scores: dict[str, float] = {}
+    reference = None
+    if metrics:
+        reference = _reference(ckpt.meta, n, seed)
+        if reference is not None:
+            reg = get_registry()
+            gen = torch.Generator().manual_seed(seed)
+            for name in ("sliced_w2", "mmd"):
+                fn = reg.metric(name).fn
+                scores[name] = float(fn(x, reference, generator=gen))
+            prior = ckpt.process.view(spec.view, ckpt.net).prior(
+                (n, *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
+            )
+            scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
+    with RunWriter(
+        out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
+    ) as run:
+        run.add_samples(
+            "samples",
+            x,
+            process=ckpt.process_name,
+            sampler=sampler,
+            steps=steps,
+            nfe=result.nfe,
+            seed=seed,
+            wall_seconds=result.wall_seconds,
+            checkpoint=str(checkpoint),
+        )
+        for name, value in scores.items():
+            run.add_metric(name, value)
+    png = out_path.with_suffix(".png")
+    plot_samples(
+        png,
+        x.numpy(),
+        reference=None if reference is None else reference.numpy(),
+        title=f"{ckpt.process_name} · {sampler} · {steps} steps · NFE {result.nfe}",
+    )
+    line = f"{n} samples, {sampler}, {steps} steps, NFE {result.nfe}, {result.wall_seconds:.2f} s"
+    if scores:
+        line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    click.echo(f"{line}\nrun file: {out_path}\nplot:     {png}")
+
+
+def _sampler_options(spec: Any, name: str, raw: dict[str, str]) -> dict[str, Any]:
+    from physgen.errors import ConfigError
+    from physgen.process import convert_value
+
+    out = {}
+    for key, value in raw.items():
+        if key not in spec.options:
+            known = ", ".join(spec.options) or "none"
+            raise ConfigError(f"sampler {name!r} has no option {key!r} (options: {known})")
+        out[key] = convert_value(value, spec.options[key], name=key, owner=f"sampler {name!r}")
+    return out
+
+
+def _reference(meta: dict[str, Any], n: int, seed: int) -> torch.Tensor | None:
+    """Fresh data for metrics: a built-in dataset redrawn with another seed, else the file."""
+    from physgen.errors import PhysgenError
+
+    name = meta.get("dataset", {}).get("name")
+    if not name:
+        return None
+    try:
+        data = load_dataset(name, n, seed=seed + 10_007)
+    except PhysgenError:
+        return None
+    return data.x.float()
+
+
+def describe_plugins(kind: str | None) -> str:
+    """The text of ``physgen plugins``."""
+    from physgen.process import VIEWS
+    from physgen.registry import KINDS, get_registry
+
+    reg = get_registry()
+    lines: list[str] = []
+    if kind in (None, "plugins"):
+        lines.append("plugins:")
+        for p in reg.plugins:
+            status = "ok" if p.ok else f"BROKEN: {p.reason}"
+            lines.append(f"  {p.name:<14} {p.package:<22} {status}")
+    for k in KINDS:
+        if kind not in (None, k):
+            continue
+        lines.append(f"{k}:")
+        for entry, plugin in reg.items(k):
+            head = f"  {entry.name:<14} {entry.description}  [{plugin.name}]"
+            lines.append(head)
+            if k == "processes":
+                views = ", ".join(v for v in VIEWS if v in entry.cls.views())
+                lines.append(f"      views: {views}")
+                lines.extend(_option_lines(entry.cls.Options))
+            elif k == "samplers":
+                order = "adaptive" if entry.order is None else f"order {entry.order:g}"
+                kind_ = "stochastic" if entry.stochastic else "deterministic"
+                lines.append(f"      needs view: {entry.view}; {order}; {kind_}")
+                if entry.options:
+                    opts = ", ".join(f"{a}={b}" for a, b in entry.options.items())
+                    lines.append(f"      options: {opts}")
+            elif k == "networks" and getattr(entry, "config", None):
+                opts = ", ".join(f"{a}={b}" for a, b in entry.config.items())
+                lines.append(f"      options: {opts}")
+        for name, claimants in reg.conflicts(k).items():
+            who = " and ".join(f"{p.name} ({p.package})" for p in claimants)
+            lines.append(f"  {name:<14} CONFLICT: claimed by {who}; unavailable")
+    return "\n".join(lines)
+
+
+def _option_lines(options_cls: type) -> list[str]:
+    from physgen.process import option_docs
+
+    docs = option_docs(options_cls)
+    out = []
+    for f in dataclasses.fields(options_cls):
+        doc = docs.get(f.name, "")
+        out.append(f"      -o {f.name}={f.default}" + (f"   # {doc}" if doc else ""))
+    return out

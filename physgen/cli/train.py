@@ -1,0 +1,181 @@
+"""``physgen train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from physgen.cli._common import (
+    check_new,
+    command_line,
+    device_option,
+    option_params,
+    overwrite_option,
+    parse_pairs,
+    quiet_option,
+    resolve_device,
+    seed_option,
+)
+
+EPILOG = """\b
+Examples:
+  physgen train                                   # EDM on moons, writes runs/edm-moons/
+  physgen train --process pfgmpp -o D=128 --dataset 8gaussians
+  physgen train --dataset my_points.npy --steps 20000 --net-opt width=256
+  physgen train --out runs/edm-moons --resume     # continue from the last checkpoint
+  physgen --config exp.toml train                 # options from the [train] table
+
+\b
+The run directory holds checkpoint.safetensors (weights + JSON metadata; loading it never
+runs code), train.h5 (options, versions, loss curve) and loss.png."""
+
+
+@click.command(epilog=EPILOG)
+@click.option(
+    "--process",
+    "-p",
+    default="edm",
+    show_default=True,
+    help="Process to train (list them with `physgen plugins`).",
+)
+@click.option(
+    "--option",
+    "-o",
+    "process_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Process option, repeatable: -o D=128 -o sigma_max=20.",
+)
+@click.option(
+    "--dataset",
+    "-d",
+    default="moons",
+    show_default=True,
+    help="Built-in dataset name, or a .npy/.npz/.h5 file of shape [n, ...].",
+)
+@click.option(
+    "--n-data",
+    type=click.IntRange(min=2),
+    default=20_000,
+    show_default=True,
+    help="Number of training examples drawn from a built-in dataset.",
+)
+@click.option("--network", "-n", default="mlp", show_default=True, help="Backbone name.")
+@click.option(
+    "--net-opt",
+    "net_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Backbone option, repeatable: --net-opt width=256.",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimizer steps."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2e-3,
+    show_default=True,
+    help="Adam learning rate.",
+)
+@click.option(
+    "--ema",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.999,
+    show_default=True,
+    help="EMA decay of the weights used for sampling.",
+)
+@click.option(
+    "--grad-clip",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Clip the gradient norm to this value (0: off).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Write a checkpoint every this many steps.",
+)
+@click.option(
+    "--teacher",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Teacher checkpoint, for distillation processes (sets -o teacher=PATH).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory  [default: runs/<process>-<dataset>]",
+)
+@click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
+@seed_option
+@device_option
+@overwrite_option
+@quiet_option
+@click.pass_context
+def train(
+    ctx: click.Context,
+    process: str,
+    process_options: tuple[str, ...],
+    dataset: str,
+    n_data: int,
+    network: str,
+    net_options: tuple[str, ...],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    ema: float,
+    grad_clip: float,
+    checkpoint_every: int,
+    teacher: str | None,
+    out: str | None,
+    resume: bool,
+    seed: int,
+    device: str,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Train a generative process on a dataset with the shared backbone.
+
+    Every process trains through the same loop (Adam, EMA, gradient clipping, atomic
+    checkpoints with exact resume); only its loss differs.
+    """
+    from physgen.cli.run import run_train
+    from physgen.errors import ConfigError
+
+    options = parse_pairs(process_options, "--option")
+    if teacher is not None:
+        options["teacher"] = teacher
+    out_dir = Path(out or f"runs/{process}-{Path(dataset).stem}")
+    checkpoint = out_dir / "checkpoint.safetensors"
+    if resume and not checkpoint.exists():
+        raise ConfigError(f"--resume: no checkpoint in {out_dir}")
+    if not resume:
+        check_new(checkpoint, overwrite)
+    run_train(
+        out_dir=out_dir,
+        process_name=process,
+        process_options=options,
+        dataset=dataset,
+        n_data=n_data,
+        network=network,
+        net_options=parse_pairs(net_options, "--net-opt"),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema=ema,
+        grad_clip=grad_clip,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        seed=seed,
+        device=resolve_device(device),
+        progress=not quiet,
+        config=option_params(ctx),
+        command=command_line(),
+    )
