@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from physgen.errors import ConfigError
+from physgen.rng import Generator, randn
 
 __all__ = [
     "VIEWS",
@@ -82,13 +83,14 @@ class Backbone(Protocol):
 
 
 class PriorFn(Protocol):
-    """Draws prior samples of shape ``[n, *event_shape]`` at the grid's first point."""
+    """Draws prior samples of shape ``[n, *event_shape]`` at the grid's first point, from a
+    plain or stacked generator (draw through :func:`physgen.rng.randn`)."""
 
     def __call__(
         self,
         shape: tuple[int, ...],
         *,
-        generator: torch.Generator | None = None,
+        generator: Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor: ...
@@ -380,11 +382,11 @@ def gaussian_prior(scale: float) -> PriorFn:
     def prior(
         shape: tuple[int, ...],
         *,
-        generator: torch.Generator | None = None,
+        generator: Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
-        return scale * torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return scale * randn(shape, generator=generator, device=device, dtype=dtype)
 
     return prior
 

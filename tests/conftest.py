@@ -33,3 +33,11 @@ def plugin_path(tmp_path, monkeypatch):
     for name in list(sys.modules):
         if name.startswith("fake_physgen_"):
             del sys.modules[name]
+
+
+def pytest_configure(config):
+    # One torch thread per test worker: CI runs two xdist workers on two cores, and
+    # oversubscribed elementwise kernels were measured ~100x slower under load.
+    import torch
+
+    torch.set_num_threads(1)

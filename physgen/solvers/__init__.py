@@ -40,7 +40,8 @@ class Sampler:
     order: float | None = None
     #: whether it injects noise (then it needs a generator)
     stochastic: bool = False
-    #: network evaluations it spends on a grid (None: decided at run time, e.g. adaptive)
-    nfe: Callable[[Tensor], int] | None = None
+    #: ``nfe(grid, **options)``: network evaluations it spends on a grid with the given
+    #: options (None: decided at run time, e.g. adaptive)
+    nfe: Callable[..., int] | None = None
     #: default keyword options of ``fn`` (plain values), shown by ``physgen plugins``
     options: dict[str, Any] = field(default_factory=dict)
