@@ -115,10 +115,10 @@ class CountedFn:
 
 def as_time(t: Tensor | float, x: Tensor) -> Tensor:
     """Time/σ as a ``[B]`` tensor in the dtype and on the device of ``x``."""
-    t = torch.as_tensor(t, device=x.device)
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)  # a float64 state keeps float64 t
     if t.ndim == 0:
         t = t.expand(x.shape[0])
-    return t.to(dtype=x.dtype)
+    return t
 
 
 # --------------------------------------------------------------------------------------

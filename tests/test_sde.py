@@ -211,7 +211,8 @@ ALL = {
     "em": {},
     "heun_churn": {"S_churn": 10.0},
     "langevin": {"corrector_steps": 3, "eps": 1e-5},
-    "pc": {"corrector_steps": 2},
+    # per-example step sizes: the batch-mean default makes a sample depend on its batch
+    "pc": {"corrector_steps": 2, "snr_norm": "example"},
 }
 
 
