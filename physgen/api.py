@@ -41,6 +41,9 @@ def get_network(
         net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"network {name!r}: {err}") from None
+    # What a checkpoint needs to rebuild this network by name (see physgen.training.describe).
+    net.registry_name = name  # type: ignore[assignment]
+    net.registry_config = merged  # type: ignore[assignment]
     return net
 
 

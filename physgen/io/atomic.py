@@ -1,0 +1,101 @@
+"""Atomic file writes: build at a temporary name beside the target, fsync, rename.
+
+A crash or ``kill -9`` at any moment leaves either the old file or the new one under the final
+name, never a half-written one; at worst a stale ``.<name>.<pid>-<hex>.tmp`` file remains
+beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from physgen.errors import ConfigError
+
+__all__ = ["PendingFile", "atomic_path", "atomic_write", "exists_error"]
+
+
+class PendingFile:
+    """A file being built at a temporary name beside ``path``; :meth:`commit` publishes it."""
+
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = True):
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp = self.path.with_name(f".{self.path.name}.{token}.tmp")
+
+    def commit(self) -> Path:
+        try:
+            _fsync_path(self.tmp)
+            _publish(self.tmp, self.path, overwrite=self.overwrite)
+        except BaseException:
+            self.discard()
+            raise
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable; directories cannot be opened on Windows, so skip there."""
+    with contextlib.suppress(OSError):
+        _fsync_path(path)
+
+
+def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:  # a hard link creates the name atomically and fails if it exists
+        os.link(tmp, path)
+    except FileExistsError:
+        raise exists_error(path) from None
+    except OSError:  # no hard links on this file system: check, then rename
+        if path.exists():
+            raise exists_error(path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def exists_error(path: Path) -> ConfigError:
+    """The one-line error for a file that must not be overwritten."""
+    return ConfigError(f"{path} exists; refusing to overwrite it (pass overwrite=True)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on a clean exit fsync it and rename it onto
+    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
+    pending = PendingFile(path, overwrite=overwrite)
+    try:
+        yield pending.tmp
+    except BaseException:
+        pending.discard()
+        raise
+    pending.commit()
+
+
+def atomic_write(
+    path: str | os.PathLike[str], writer: Callable[[Path], object], *, overwrite: bool = True
+) -> Path:
+    """Call ``writer(tmp)`` to create the file at a temporary path, then publish it at
+    ``path`` atomically (see :func:`atomic_path`). Returns ``path``."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        writer(tmp)
+    return Path(path)

@@ -1,0 +1,253 @@
+"""Run files (HDF5): one per ``train``/``sample``/``bench`` run, published atomically.
+
+Layout: root attributes (``physgen_run_format``, physgen and torch versions, git commit,
+command line, seed, device, start/end time), ``/config`` (a JSON string), ``/samples/<name>``
+(float32, chunked, gzip, with process/sampler/steps/nfe/seed/wall_seconds attributes),
+``/metrics`` (scalars as attributes), ``/metrics/curves/<name>`` and ``/loss``.
+
+HDF5 files are not crash-safe while open for writing, so :class:`RunWriter` builds the file
+under a temporary name and renames it on close: a killed run leaves the previous file (or
+none) under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import Tensor
+
+from physgen.errors import CheckpointError, ConfigError
+from physgen.io._common import first_line, now, physgen_version
+from physgen.io.atomic import PendingFile, exists_error
+
+__all__ = ["RUN_FORMAT", "RunFile", "RunWriter", "read_run"]
+
+#: Version of the run-file layout (root attribute ``physgen_run_format``).
+RUN_FORMAT = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """HEAD of the git checkout physgen's own source is tracked in, or None (2 s at most)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=2
+        )
+        if out.returncode != 0:
+            raise OSError(out.stderr)
+        return out.stdout.strip()
+
+    try:  # tracked, so that an unrelated enclosing repository is not reported
+        git("ls-files", "--error-unmatch", Path(__file__).name)
+        return git("rev-parse", "HEAD") or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _attr(value: Any) -> Any:
+    """A value HDF5 can hold as an attribute: dicts (and None) become JSON strings."""
+    if isinstance(value, str):
+        return str(value)  # str subclasses (torch.__version__) have no HDF5 type
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    if value is None or isinstance(value, Mapping):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float)) for v in value):
+        return json.dumps(list(value))
+    return value
+
+
+def _unattr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and (value[:1] in ("{", "[") or value == "null"):
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"invalid {what} name {name!r}")
+
+
+class RunWriter:
+    """Builds one run file at a temporary name and publishes it atomically on :meth:`close`.
+
+    Use as a context manager: an exception inside the ``with`` block discards the file, so an
+    interrupted run leaves nothing under the final name. An existing ``path`` is refused
+    (:class:`ConfigError`) unless ``overwrite=True``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        config: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        device: str | torch.device | None = None,
+        command: str | None = None,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise exists_error(self.path)
+        self._pending = PendingFile(self.path, overwrite=overwrite)
+        self._file: h5py.File | None = h5py.File(self._pending.tmp, "w")
+        try:
+            self._init_root(config or {}, seed, device, command)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _init_root(
+        self, config: Mapping[str, Any], seed: int | None, device: Any, command: str | None
+    ) -> None:
+        attrs = {
+            "physgen_run_format": RUN_FORMAT,
+            "physgen_version": physgen_version(),
+            "torch_version": str(torch.__version__),
+            "git_commit": _git_commit(),
+            "command": command if command is not None else shlex.join(sys.argv),
+            "seed": seed,
+            "device": None if device is None else str(device),
+            "start_time": now(),
+        }
+        self.set_attrs(**attrs)
+        try:
+            text = json.dumps(dict(config))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"run config is not JSON-serialisable: {err}") from None
+        self.file.create_dataset("config", data=text, dtype=h5py.string_dtype())
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None:
+            raise ConfigError(f"run file {self.path} is already closed")
+        return self._file
+
+    def set_attrs(self, **attrs: Any) -> None:
+        """Set root attributes (None is stored as JSON ``null``)."""
+        for name, value in attrs.items():
+            self.file.attrs[name] = _attr(value)
+
+    def add_samples(self, name: str, x: Tensor | np.ndarray, **attrs: Any) -> None:
+        """Store ``x`` as ``/samples/<name>`` (float32, chunked, gzip) with ``attrs``
+        (process, sampler, steps, nfe, seed, wall_seconds...)."""
+        _check_name(name, "sample set")
+        if isinstance(x, Tensor):
+            x = x.detach().cpu().numpy()
+        data = np.asarray(x, dtype=np.float32)
+        group = self.file.require_group("samples")
+        if name in group:
+            raise ConfigError(f"run file already holds samples {name!r}")
+        ds = group.create_dataset(name, data=data, chunks=True, compression="gzip", shuffle=True)
+        for key, value in attrs.items():
+            ds.attrs[key] = _attr(value)
+
+    def add_metric(self, name: str, value: Any) -> None:
+        """Record a scalar metric as an attribute of ``/metrics``."""
+        _check_name(name, "metric")
+        self.file.require_group("metrics").attrs[name] = _attr(value)
+
+    def add_curve(self, name: str, values: Tensor | np.ndarray) -> None:
+        """Store a curve: ``"loss"`` goes to ``/loss``, anything else to
+        ``/metrics/curves/<name>``."""
+        _check_name(name, "curve")
+        if isinstance(values, Tensor):
+            values = values.detach().cpu().numpy()
+        data = np.asarray(values)
+        where = "loss" if name == "loss" else f"metrics/curves/{name}"
+        if where in self.file:
+            del self.file[where]
+        chunks = True if data.size else None
+        self.file.create_dataset(where, data=data, chunks=chunks, compression="gzip")
+
+    def close(self) -> Path:
+        """Stamp the end time, close and publish the file; returns its path."""
+        if self._file is None:
+            return self.path
+        self.set_attrs(end_time=now())
+        self._file.close()
+        self._file = None
+        return self._pending.commit()
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; nothing appears under the final name."""
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        self._pending.discard()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A run file as read back."""
+
+    path: Path
+    attrs: dict[str, Any]
+    config: dict[str, Any]
+    #: name -> (array ``[n, *event_shape]`` float32, attributes)
+    samples: dict[str, tuple[np.ndarray, dict[str, Any]]]
+    metrics: dict[str, Any]
+    curves: dict[str, np.ndarray]
+    loss: np.ndarray | None
+
+
+def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    return {k: _unattr(v) for k, v in obj.attrs.items()}
+
+
+def _read_run(f: h5py.File, path: Path) -> RunFile:
+    if "physgen_version" not in f.attrs:
+        raise CheckpointError(f"{path}: an HDF5 file but not a physgen run file")
+    config = json.loads(f["config"][()]) if "config" in f else {}
+    samples = {k: (ds[()], _attrs(ds)) for k, ds in f.get("samples", {}).items()}
+    metrics = _attrs(f["metrics"]) if "metrics" in f else {}
+    curves = {k: ds[()] for k, ds in f.get("metrics/curves", {}).items()}
+    loss = f["loss"][()] if "loss" in f else None
+    return RunFile(path, _attrs(f), config, samples, metrics, curves, loss)
+
+
+def read_run(path: str | os.PathLike[str]) -> RunFile:
+    """Read a run file written by :class:`RunWriter`; one-line :class:`CheckpointError` if it
+    is missing, not HDF5, not a physgen run, or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"run file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise CheckpointError(f"{path}: not an HDF5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            return _read_run(f, path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # h5py raises OSError/KeyError/ValueError on damaged files
+        raise CheckpointError(f"{path}: corrupt run file ({first_line(err)})") from None
