@@ -94,7 +94,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     try:
         proc_meta, net_meta, data_meta = meta["process"], meta["network"], meta["dataset"]
         event_shape = tuple(int(d) for d in data_meta["event_shape"])
-        num_classes = int(data_meta.get("num_classes", 0))
+        num_classes = int(net_meta.get("num_classes", 0))
         process = get_process(proc_meta["name"], **proc_meta["options"])
         net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
         raw_net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])

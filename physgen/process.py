@@ -237,12 +237,15 @@ def option_docs(options_cls: type) -> dict[str, str]:
     import inspect
     import re
 
-    try:
-        source = inspect.getsource(options_cls)
-    except (OSError, TypeError):
-        return {}
     pattern = re.compile(r"^\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+?)\s*$")
-    return {m.group(1): m.group(2) for m in map(pattern.match, source.splitlines()) if m}
+    docs: dict[str, str] = {}
+    for cls in reversed(options_cls.__mro__):  # subclasses' comments win
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        docs.update({m.group(1): m.group(2) for m in map(pattern.match, source.splitlines()) if m})
+    return docs
 
 
 def convert_value(raw: Any, default: Any, *, name: str, owner: str) -> Any:

@@ -96,6 +96,9 @@ KINDS: dict[str, tuple[str, Callable[[], type]]] = {
 }
 
 
+_SINGULAR = {k: k.removesuffix("es") if k == "processes" else k[:-1] for k in KINDS}
+
+
 @dataclass
 class PluginInfo:
     """One plugin as ``physgen plugins`` reports it."""
@@ -206,10 +209,11 @@ class Registry:
         claim = self._entries[kind].get(name)
         if claim is not None:
             return claim.entry
+        singular = _SINGULAR[kind]
         if name in self._conflicts[kind]:
-            who = " and ".join(f"{p.name} ({p.package})" for p in self._conflicts[kind][name])
-            raise PluginError(f"{kind[:-1]} {name!r} is claimed by more than one plugin: {who}")
-        singular = kind[:-1]
+            claimants = sorted(self._conflicts[kind][name], key=lambda p: p.name)
+            who = " and ".join(f"{p.name} ({p.package})" for p in claimants)
+            raise PluginError(f"{singular} {name!r} is claimed by more than one plugin: {who}")
         known = ", ".join(self.names(kind)) or "none installed"
         raise ConfigError(f"unknown {singular} {name!r} (available: {known})")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,8 +32,13 @@ class StackedGenerator:
     def for_samples(
         cls, seed: int, start: int, count: int, device: torch.device | str = "cpu"
     ) -> StackedGenerator:
-        """Generators for samples ``start .. start+count−1`` of the run seeded by ``seed``."""
-        return cls([(int(seed) << 32) + i for i in range(start, start + count)], device)
+        """Generators for samples ``start .. start+count−1`` of the run seeded by ``seed``.
+
+        Each sample's seed is hashed from ``(seed, i)`` by NumPy's ``SeedSequence`` into 32
+        bits: torch's CPU generator keeps only the low 32 bits of a seed, so arithmetic such
+        as ``(seed << 32) + i`` would give every run seed the same noise.
+        """
+        return cls([_sample_seed(seed, i) for i in range(start, start + count)], device)
 
     def __len__(self) -> int:
         return len(self.generators)
@@ -46,6 +52,10 @@ class StackedGenerator:
                 for g in self.generators
             ]
         )
+
+
+def _sample_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
 Generator = torch.Generator | StackedGenerator

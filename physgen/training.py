@@ -166,15 +166,19 @@ class _Trainer:
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
-        self._update_ema()
+        self._update_ema(step)
         self.process.after_step(self.net, step)
         return loss.detach()
 
-    def _update_ema(self) -> None:
+    def _update_ema(self, step: int) -> None:
         ema, net = self._ema_pairs
         if ema and ema[0].dtype != net[0].dtype:
             net = [t.float() for t in net]
-        torch._foreach_lerp_(ema, net, 1.0 - self.ema_decay)
+        # Warm-up min(decay, (1 + k)/(10 + k)) (as TensorFlow's ExponentialMovingAverage with
+        # num_updates): early weights, starting from a zero-output network, fade out quickly
+        # instead of lingering (0.999 over 2000 steps would keep 13.5% of the initial net).
+        decay = min(self.ema_decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema, net, 1.0 - decay)
         if self._buffer_pairs[0]:
             torch._foreach_copy_(*self._buffer_pairs)
 
@@ -251,6 +255,7 @@ def describe(process: Any, net: nn.Module, data: Any) -> dict[str, Any]:
         "network": {
             "name": getattr(net, "registry_name", None) or type(net).__name__,
             "config": dict(getattr(net, "registry_config", None) or {}),
+            "num_classes": int(getattr(net, "num_classes", 0) or 0),
         },
         "dataset": {
             "name": getattr(data, "name", None),

@@ -15,7 +15,7 @@ def make_plugin_dist(root: Path, dist: str, entry: str, module: str, source: str
     ``physgen`` — exactly what ``pip install`` of a plugin package leaves behind."""
     root.mkdir(parents=True, exist_ok=True)
     (root / f"{module}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist}-0.1.dist-info"
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"  # PEP 427 escaping
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[physgen]\n{entry} = {module}\n")

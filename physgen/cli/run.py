@@ -42,7 +42,8 @@ def run_train(
     # Validate everything cheap before any work: names, options, data.
     process = get_process(process_name, **process_options)
     data = load_dataset(dataset, n_data, seed=seed)
-    net = get_network(network, data.event_shape, data.num_classes, **net_options)
+    # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
+    net = get_network(network, data.event_shape, 0, **net_options)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.safetensors"
     run_path = out_dir / "train.h5"
