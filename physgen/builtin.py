@@ -12,28 +12,28 @@ from physgen.hookspecs import hookimpl
 
 
 @hookimpl
-def physgen_samplers():  # type: ignore[no-untyped-def]
+def physgen_samplers():
     from physgen.solvers import multistep, ode, sde
 
     return [*ode.SAMPLERS, *multistep.SAMPLERS, *sde.SAMPLERS]
 
 
 @hookimpl
-def physgen_networks():  # type: ignore[no-untyped-def]
+def physgen_networks():
     from physgen.nets import NETWORKS
 
     return NETWORKS
 
 
 @hookimpl
-def physgen_datasets():  # type: ignore[no-untyped-def]
+def physgen_datasets():
     from physgen.data import DATASETS
 
     return DATASETS
 
 
 @hookimpl
-def physgen_metrics():  # type: ignore[no-untyped-def]
+def physgen_metrics():
     from physgen.metrics import METRICS
 
     return METRICS

@@ -106,7 +106,9 @@ def log_likelihood(
         )
     except AssertionError as err:  # torchdiffeq signals step-size underflow this way
         raise SolverError(f"log_likelihood: {method} failed: {err}") from None
-    per_probe = view.prior_logp(xs[-1]) + deltas[-1]  # [K, B], math.md §1
+    prior_logp = view.prior_logp
+    assert prior_logp is not None  # checked by _validate
+    per_probe = prior_logp(xs[-1]) + deltas[-1]  # [K, B], math.md §1
     if not torch.isfinite(per_probe).all():
         raise SolverError("log_likelihood: non-finite log-density (check the field and grid)")
     k = len(per_probe)

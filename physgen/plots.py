@@ -10,7 +10,7 @@ import numpy as np
 from physgen.io import atomic_path
 
 
-def _figure():  # type: ignore[no-untyped-def]
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +70,7 @@ def plot_curves(
     return _save(fig, plt, path, overwrite)
 
 
-def _save(fig, plt, path: str | Path, overwrite: bool) -> Path:  # type: ignore[no-untyped-def]
+def _save(fig, plt, path: str | Path, overwrite: bool) -> Path:
     fig.tight_layout()
     with atomic_path(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png")

@@ -335,7 +335,7 @@ class Process(nn.Module):
                 f"process {type(self).__name__} has no {kind!r} view "
                 f"(it has: {', '.join(self.views()) or 'none'})"
             )
-        return getattr(self, kind)(net, cond)  # type: ignore[no-any-return]
+        return getattr(self, kind)(net, cond)
 
     def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
         raise NotImplementedError

@@ -15,12 +15,15 @@ import importlib.metadata as md
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from physgen import hookspecs
 from physgen.errors import ConfigError, PluginError
+
+if TYPE_CHECKING:
+    from physgen.process import Process
 
 __all__ = [
     "KINDS",
@@ -40,7 +43,7 @@ DISABLE_ENV = "PHYSGEN_DISABLE_PLUGINS"
 @dataclass(frozen=True)
 class ProcessEntry:
     name: str
-    cls: type  # a physgen.process.Process subclass
+    cls: type[Process]
     description: str
 
 
@@ -222,22 +225,22 @@ class Registry:
         return self._entries[kind][name].plugin
 
     def process(self, name: str) -> ProcessEntry:
-        return self.get("processes", name)  # type: ignore[no-any-return]
+        return self.get("processes", name)
 
     def sampler(self, name: str) -> Any:
         return self.get("samplers", name)
 
     def network(self, name: str) -> NetworkEntry:
-        return self.get("networks", name)  # type: ignore[no-any-return]
+        return self.get("networks", name)
 
     def dataset(self, name: str) -> DatasetEntry:
-        return self.get("datasets", name)  # type: ignore[no-any-return]
+        return self.get("datasets", name)
 
     def metric(self, name: str) -> MetricEntry:
-        return self.get("metrics", name)  # type: ignore[no-any-return]
+        return self.get("metrics", name)
 
     def coupling(self, name: str) -> CouplingEntry:
-        return self.get("couplings", name)  # type: ignore[no-any-return]
+        return self.get("couplings", name)
 
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins if not p.ok]

@@ -125,7 +125,7 @@ def sample(
 
 def _view_fn(view: Any, kind: str) -> Callable[[Tensor, Tensor], Tensor]:
     if kind == "ode":
-        return view.field  # type: ignore[no-any-return]
+        return view.field
     if kind in ("denoiser", "score"):
-        return view.denoise  # type: ignore[no-any-return]
-    return view.f  # type: ignore[no-any-return]
+        return view.denoise
+    return view.f

@@ -18,8 +18,14 @@ from physgen.metrics import sliced_w2
 def physgen_cli(*args: str, cwd: Path, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     """Run ``physgen ARGS`` in a subprocess, as a user would."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "physgen.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "physgen.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=600,
+    )
 
 
 def assert_user_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
@@ -36,8 +42,21 @@ def assert_user_error(result, *fragments: str) -> None:  # type: ignore[no-untyp
 def trained(tmp_path_factory):  # type: ignore[no-untyped-def]
     """``physgen train`` on moons, small: the checkpoint every sampling test uses."""
     root = tmp_path_factory.mktemp("cli")
-    r = physgen_cli("train", "--steps", "2000", "--ema", "0.995", "--n-data", "5000",
-                    "-o", "sigma_data=1.0", "--checkpoint-every", "500", "-q", cwd=root)
+    r = physgen_cli(
+        "train",
+        "--steps",
+        "2000",
+        "--ema",
+        "0.995",
+        "--n-data",
+        "5000",
+        "-o",
+        "sigma_data=1.0",
+        "--checkpoint-every",
+        "500",
+        "-q",
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     return root
 
@@ -66,8 +85,9 @@ def test_train_then_sample_end_to_end(trained):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_other_samplers_and_refusal(trained):  # type: ignore[no-untyped-def]
     for sampler, steps in (("dpmpp_2m", "10"), ("euler", "20"), ("em", "30")):
-        r = physgen_cli("sample", "--sampler", sampler, "--steps", steps, "-n", "300", "-q",
-                        cwd=trained)
+        r = physgen_cli(
+            "sample", "--sampler", sampler, "--steps", steps, "-n", "300", "-q", cwd=trained
+        )
         assert r.returncode == 0, (sampler, r.stderr)
     r = physgen_cli("sample", "--sampler", "consistency", "-n", "10", "-q", cwd=trained)
     assert_user_error(r, "needs the 'consistency' view", "samplers that fit:", "heun")
@@ -75,8 +95,20 @@ def test_other_samplers_and_refusal(trained):  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_resume_continues_training(trained):  # type: ignore[no-untyped-def]
-    r = physgen_cli("train", "--steps", "2100", "--ema", "0.995", "--n-data", "5000",
-                    "-o", "sigma_data=1.0", "--resume", "-q", cwd=trained)
+    r = physgen_cli(
+        "train",
+        "--steps",
+        "2100",
+        "--ema",
+        "0.995",
+        "--n-data",
+        "5000",
+        "-o",
+        "sigma_data=1.0",
+        "--resume",
+        "-q",
+        cwd=trained,
+    )
     assert r.returncode == 0, r.stderr
     ckpt = physgen.load_checkpoint(trained / "runs/edm-moons/checkpoint.safetensors")
     assert ckpt.step == 2100
@@ -185,18 +217,34 @@ def test_config_precedence(tmp_path):  # type: ignore[no-untyped-def]
     cfg.write_text('[train]\nsteps = 7\nprocess = "nope_from_file"\n')
     r = physgen_cli("--config", str(cfg), "train", "-q", cwd=tmp_path)
     assert_user_error(r, "nope_from_file")  # file beats default
-    r = physgen_cli("--config", str(cfg), "train", "-q", cwd=tmp_path,
-                    env={"PHYSGEN_TRAIN_PROCESS": "nope_from_env"})
+    r = physgen_cli(
+        "--config",
+        str(cfg),
+        "train",
+        "-q",
+        cwd=tmp_path,
+        env={"PHYSGEN_TRAIN_PROCESS": "nope_from_env"},
+    )
     assert_user_error(r, "nope_from_env")  # environment beats file
-    r = physgen_cli("--config", str(cfg), "train", "--process", "nope_from_cli", "-q",
-                    cwd=tmp_path, env={"PHYSGEN_TRAIN_PROCESS": "nope_from_env"})
+    r = physgen_cli(
+        "--config",
+        str(cfg),
+        "train",
+        "--process",
+        "nope_from_cli",
+        "-q",
+        cwd=tmp_path,
+        env={"PHYSGEN_TRAIN_PROCESS": "nope_from_env"},
+    )
     assert_user_error(r, "nope_from_cli")  # command line beats both
 
 
 def test_help_teaches_and_does_not_import_torch(tmp_path):  # type: ignore[no-untyped-def]
-    code = ("import sys; from physgen.cli import cli\n"
-            "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from physgen.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip().endswith("False"), r.stdout
     assert "Examples" in r.stdout and "train" in r.stdout

@@ -31,8 +31,13 @@ def test_builtins_come_from_entry_points():
 
 
 def test_import_error_is_reported_by_name_and_rest_works(plugin_path):
-    make_plugin_dist(plugin_path, "fake-broken", "brokenplug", "fake_physgen_broken",
-                     "raise ImportError('needs a library that is not installed')\n")
+    make_plugin_dist(
+        plugin_path,
+        "fake-broken",
+        "brokenplug",
+        "fake_physgen_broken",
+        "raise ImportError('needs a library that is not installed')\n",
+    )
     make_plugin_dist(plugin_path, "fake-good", "goodplug", "fake_physgen_good", GOOD)
     reg = Registry()
     broken = {p.name: p for p in reg.broken()}
@@ -44,7 +49,12 @@ def test_import_error_is_reported_by_name_and_rest_works(plugin_path):
 
 
 def test_raising_hook_and_garbage_are_isolated(plugin_path):
-    make_plugin_dist(plugin_path, "fake-raise", "raiseplug", "fake_physgen_raise", """
+    make_plugin_dist(
+        plugin_path,
+        "fake-raise",
+        "raiseplug",
+        "fake_physgen_raise",
+        """
         from physgen import hookimpl
         from physgen.registry import DatasetEntry
 
@@ -59,7 +69,8 @@ def test_raising_hook_and_garbage_are_isolated(plugin_path):
         @hookimpl
         def physgen_datasets():
             return [DatasetEntry("still_here", lambda n, seed=0: None, "ok")]
-        """)
+        """,
+    )
     reg = Registry()
     info = next(p for p in reg.plugins if p.name == "raiseplug")
     assert not info.ok
@@ -92,9 +103,15 @@ def test_unknown_name_lists_available():
 
 
 def test_cli_plugins_shows_broken_plugin_and_edm_still_trains(plugin_path, tmp_path):
-    make_plugin_dist(plugin_path, "fake-broken", "brokenplug", "fake_physgen_broken",
-                     "raise ImportError('deliberately broken')\n")
-    out = subprocess.run([sys.executable, "-m", "physgen.cli", "plugins"],
-                         capture_output=True, text=True, check=True).stdout
+    make_plugin_dist(
+        plugin_path,
+        "fake-broken",
+        "brokenplug",
+        "fake_physgen_broken",
+        "raise ImportError('deliberately broken')\n",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "physgen.cli", "plugins"], capture_output=True, text=True, check=True
+    ).stdout
     assert "brokenplug" in out and "BROKEN: ImportError: deliberately broken" in out
     assert "edm" in out and "views: ode, denoiser, score" in out

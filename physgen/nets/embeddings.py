@@ -31,6 +31,8 @@ class FourierEmbedding(nn.Module):
     """Random Fourier features ``[B] -> [B, dim]`` (Tancik et al. 2020), as NCSN++ embeds
     ln σ; the frequencies are a fixed buffer so the embedding is part of the checkpoint."""
 
+    freqs: Tensor
+
     def __init__(self, dim: int, scale: float = 16.0):
         super().__init__()
         if dim % 2:

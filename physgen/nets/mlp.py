@@ -7,6 +7,18 @@ from torch import Tensor, nn
 from physgen.nets.embeddings import FourierEmbedding, PositionalEmbedding
 
 
+class _Block(nn.Module):
+    """``h + Linear(SiLU(LayerNorm(h) + emb))``: a residual layer with the embedding added."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.lin = nn.Linear(width, width)
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        return h + self.lin(nn.functional.silu(self.norm(h) + emb))
+
+
 class MLP(nn.Module):
     """``F(x, noise_label, class_labels=None)`` for ``x`` of shape ``[B, dim]``.
 
@@ -39,13 +51,11 @@ class MLP(nn.Module):
         self.emb_mlp = nn.Sequential(nn.Linear(emb_dim, width), nn.SiLU(), nn.Linear(width, width))
         self.label_emb = nn.Embedding(num_classes, width) if num_classes > 0 else None
         self.inp = nn.Linear(dim, width)
-        self.blocks = nn.ModuleList(
-            nn.ModuleDict({"norm": nn.LayerNorm(width), "lin": nn.Linear(width, width)})
-            for _ in range(depth)
-        )
-        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.blocks = nn.ModuleList(_Block(width) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
@@ -55,5 +65,5 @@ class MLP(nn.Module):
             emb = emb + self.label_emb(class_labels)
         h = self.inp(x)
         for block in self.blocks:
-            h = h + block["lin"](nn.functional.silu(block["norm"](h) + emb))
-        return self.out(h)  # type: ignore[no-any-return]
+            h = block(h, emb)
+        return self.out(nn.functional.silu(self.out_norm(h)))

@@ -267,8 +267,9 @@ def pc(
     and is not corrected. NFE = ``n + corrector_steps × (n − 1)`` for ``n`` steps ending at 0.
     ``x``: ``[B, *event]`` at ``grid[0]``. ``snr_norm``: see :func:`langevin_corrector` —
     batch-mean norms by default, as the score SDE reference code (right at any N, but a sample
-    depends on its batch); ``"example"`` is batch-independent but biased, unusable for N ≲ 4. With a fixed ``snr`` the corrector keeps an O(snr²) bias as the
-    steps shrink, so no order is declared.
+    depends on its batch); ``"example"`` is batch-independent but biased, unusable for
+    N ≲ 4. With a fixed ``snr`` the corrector keeps an O(snr²) bias as the steps shrink, so
+    no order is declared.
     """
     if corrector_steps < 0:
         raise ConfigError(f"option corrector_steps must be ≥ 0, got {corrector_steps}")
