@@ -154,7 +154,7 @@ def test_checkpoint_records_meta(tmp_path: Path) -> None:
     m = load_checkpoint_file(tmp_path / "c.st").meta
     assert m["process"] == {"name": "Denoise", "options": {"sigma": 0.5}}
     assert {"count", "target.inp.weight"} <= set(load_checkpoint_file(tmp_path / "c.st").process)
-    assert m["network"] == {"name": "tiny", "config": {"hidden": 32}}
+    assert m["network"] == {"name": "tiny", "config": {"hidden": 32}, "num_classes": 3}
     assert m["dataset"] == {"name": "gmm", "event_shape": [2], "num_classes": 3, "info": {}}
     assert m["train"]["seed"] == 5 and m["train"]["batch_size"] == 32 and m["step"] == 3
     assert m["optimizer"]["param_groups"][0]["lr"] == 3e-3
@@ -166,7 +166,7 @@ def test_describe_uses_registry_names() -> None:
     net.registry_name, net.registry_config = "tiny", {"hidden": 32}  # type: ignore[assignment]
     meta = describe(process, net, _data())
     assert meta["process"] == {"name": "denoise", "options": {"sigma": 0.25}}
-    assert meta["network"] == {"name": "tiny", "config": {"hidden": 32}}
+    assert meta["network"] == {"name": "tiny", "config": {"hidden": 32}, "num_classes": 3}
     assert meta["dataset"]["event_shape"] == [2] and meta["dataset"]["num_classes"] == 3
 
 
