@@ -85,7 +85,7 @@ def random_mlp(seed: int = 0) -> nn.Module:
     """An MLP with a random (not zero) output layer, so that v is a non-trivial function."""
     torch.manual_seed(seed)  # tests only: the backbone's own init uses the global RNG
     net: Any = physgen.get_network("mlp", (2,), width=32, depth=2)
-    nn.init.normal_(net.out[-1].weight, std=0.5)
+    nn.init.normal_(net.out.weight, std=0.5)
     return net.double()
 
 
