@@ -89,6 +89,14 @@ def test_other_samplers_and_refusal(trained):  # type: ignore[no-untyped-def]
             "sample", "--sampler", sampler, "--steps", steps, "-n", "300", "-q", cwd=trained
         )
         assert r.returncode == 0, (sampler, r.stderr)
+    out = trained / "nll.h5"
+    r = physgen_cli("sample", "-n", "200", "--nll", "100", "--out", str(out), "-q", cwd=trained)
+    assert r.returncode == 0, r.stderr
+    metrics = physgen.read_run(out).metrics
+    # a 2-D density concentrated on two thin arcs: well below a unit Gaussian's entropy
+    assert 0 < metrics["nll"] < 2.84 and metrics["bpd"] == pytest.approx(
+        metrics["nll"] / (2 * np.log(2))
+    )
     r = physgen_cli("sample", "--sampler", "consistency", "-n", "10", "-q", cwd=trained)
     assert_user_error(r, "needs the 'consistency' view", "samplers that fit:", "heun")
 

@@ -98,6 +98,7 @@ def run_sample(
     sampler_options: dict[str, str],
     batch_size: int,
     metrics: bool,
+    nll: int,
     seed: int,
     device: torch.device,
     progress: bool,
@@ -145,6 +146,8 @@ def run_sample(
                 (n, *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
             )
             scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
+    if nll:
+        scores.update(_nll(ckpt, nll, seed, device))
     with RunWriter(
         out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
     ) as run:
@@ -172,6 +175,25 @@ def run_sample(
     if scores:
         line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     click.echo(f"{line}\nrun file: {out_path}\nplot:     {png}")
+
+
+def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]:
+    """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (math.md §1)."""
+    from physgen.errors import ConfigError
+    from physgen.likelihood import log_likelihood
+
+    data = _reference(ckpt.meta, n, seed + 1)
+    if data is None:
+        raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")
+    view = ckpt.process.view("ode", ckpt.net)
+    if view.prior_logp is None:
+        raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
+    result = log_likelihood(view, data.to(device), divergence="exact")
+    return {
+        "nll": float(-result.logp.mean()),
+        "bpd": float(result.bpd().mean()),
+        "nll_nfe": float(result.nfe),
+    }
 
 
 def _sampler_options(spec: Any, name: str, raw: dict[str, str]) -> dict[str, Any]:

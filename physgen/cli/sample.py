@@ -24,6 +24,7 @@ Examples:
   physgen sample runs/pfgmpp-moons/checkpoint.safetensors --sampler dpmpp_2m --steps 10
   physgen sample --sampler dopri5 --opt rtol=1e-4 --opt atol=1e-4
   physgen sample --sampler heun_churn --opt S_churn=40 --steps 64
+  physgen sample --nll 500                        # + exact NLL / bits-per-dim of 500 points
 
 \b
 Writes an HDF5 run file (samples, NFE, sampler, seed, versions, command line, metrics)
@@ -84,6 +85,15 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
     show_default=True,
     help="Compare with fresh data from the training dataset (sliced W2, MMD).",
 )
+@click.option(
+    "--nll",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also compute the exact negative log-likelihood (nats per example, bits per "
+    "dimension) of this many fresh data points through the PF-ODE (dopri5, exact divergence; "
+    "any process with an ode view and a prior density).",
+)
 @seed_option
 @device_option
 @overwrite_option
@@ -99,6 +109,7 @@ def sample(
     batch_size: int,
     out: str | None,
     metrics: bool,
+    nll: int,
     seed: int,
     device: str,
     overwrite: bool,
@@ -123,6 +134,7 @@ def sample(
         sampler_options=parse_pairs(sampler_options, "--opt"),
         batch_size=batch_size,
         metrics=metrics,
+        nll=nll,
         seed=seed,
         device=resolve_device(device),
         progress=not quiet,
