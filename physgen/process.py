@@ -44,6 +44,7 @@ __all__ = [
     "ConsistencyView",
     "CountedFn",
     "DenoiserView",
+    "GaussianProcess",
     "ODEView",
     "PriorFn",
     "Process",
@@ -357,6 +358,22 @@ class Process(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.options_dict().items())
+
+
+class GaussianProcess(Process):
+    """A process whose perturbation is Gaussian in the σ-frame (``x = y + σ n``): it implements
+    :meth:`denoiser` returning a :class:`ScoreView`, and gets the ``score`` view (that same
+    view) and the ``ode`` view (its PF-ODE, EDM eq. 3) from it. EDM, DDPM, VP and VE are such
+    processes; PFGM++ is not (its kernel is heavy-tailed)."""
+
+    def denoiser(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
+        raise NotImplementedError
+
+    def score(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
+        return self.denoiser(net, cond)
+
+    def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
+        return self.denoiser(net, cond).as_ode()
 
 
 def karras_sigmas(

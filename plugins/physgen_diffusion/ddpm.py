@@ -40,8 +40,7 @@ from torch import Tensor
 from physgen.errors import ConfigError
 from physgen.process import (
     Backbone,
-    ODEView,
-    Process,
+    GaussianProcess,
     ScoreView,
     append_dims,
     gaussian_logp,
@@ -76,7 +75,7 @@ class DDPMOptions:
     clip_denoised: float = 0.0  # sample with D(x; σ) clipped to [−c, c], as Ho's code (0: off)
 
 
-class DDPM(Process):
+class DDPM(GaussianProcess):
     """Discrete-time DDPM, ε-prediction. Views: ode, denoiser, score (σ-frame)."""
 
     Options = DDPMOptions
@@ -170,9 +169,3 @@ class DDPM(Process):
             prior=gaussian_prior(scale),
             prior_logp=gaussian_logp(scale),
         )
-
-    def score(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
-        return self.denoiser(net, cond)
-
-    def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
-        return self.denoiser(net, cond).as_ode()

@@ -17,8 +17,7 @@ from physgen.errors import ConfigError
 from physgen.precond import edm_denoise
 from physgen.process import (
     Backbone,
-    ODEView,
-    Process,
+    GaussianProcess,
     ScoreView,
     append_dims,
     gaussian_logp,
@@ -37,7 +36,7 @@ class EDMOptions:
     rho: float = 7.0  # grid curvature ρ of EDM eq. 5
 
 
-class EDM(Process):
+class EDM(GaussianProcess):
     """Gaussian diffusion, EDM parameterisation. Views: ode, denoiser, score."""
 
     Options = EDMOptions
@@ -78,9 +77,3 @@ class EDM(Process):
             prior=gaussian_prior(o.sigma_max),
             prior_logp=gaussian_logp(o.sigma_max),
         )
-
-    def score(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
-        return self.denoiser(net, cond)
-
-    def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
-        return self.denoiser(net, cond).as_ode()

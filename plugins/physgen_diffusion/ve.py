@@ -26,8 +26,7 @@ from torch import Tensor
 from physgen.errors import ConfigError
 from physgen.process import (
     Backbone,
-    ODEView,
-    Process,
+    GaussianProcess,
     ScoreView,
     append_dims,
     as_time,
@@ -42,7 +41,7 @@ class VEOptions:
     sigma_max: float = 50.0  # largest σ; prior N(0, σ_max² I); ≈ largest data distance
 
 
-class VE(Process):
+class VE(GaussianProcess):
     """Variance-exploding diffusion, σ²-weighted score matching. Views: ode, denoiser, score."""
 
     Options = VEOptions
@@ -108,9 +107,3 @@ class VE(Process):
             prior=gaussian_prior(o.sigma_max),
             prior_logp=gaussian_logp(o.sigma_max),
         )
-
-    def score(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
-        return self.denoiser(net, cond)
-
-    def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
-        return self.denoiser(net, cond).as_ode()

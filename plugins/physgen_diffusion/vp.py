@@ -25,8 +25,7 @@ from torch import Tensor
 from physgen.errors import ConfigError
 from physgen.process import (
     Backbone,
-    ODEView,
-    Process,
+    GaussianProcess,
     ScoreView,
     append_dims,
     as_time,
@@ -61,7 +60,7 @@ class VPOptions:
     epsilon_t: float = 1e-5  # smallest t drawn in training (EDM Table 1 ε_t, score_sde eps)
 
 
-class VP(Process):
+class VP(GaussianProcess):
     """Continuous-time VP diffusion (score SDE), ε-prediction. Views: ode, denoiser, score."""
 
     Options = VPOptions
@@ -145,9 +144,3 @@ class VP(Process):
             prior=gaussian_prior(scale),
             prior_logp=gaussian_logp(scale),
         )
-
-    def score(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
-        return self.denoiser(net, cond)
-
-    def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
-        return self.denoiser(net, cond).as_ode()
