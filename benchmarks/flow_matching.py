@@ -19,7 +19,7 @@ Optimal Transport", §5.1 (8 gaussians → moons); Liu et al. (2023), "Flow Stra
 For each model: exact W2 (POT ``ot.emd2``, squared Euclidean cost, equal-size sets) between
 ``--n-eval`` samples and fresh target samples, for Euler at NFE 1, 2, 4, 8, 100 and dopri5
 (rtol = atol = 1e-5; its NFE is reported); the straightness ``S`` of the learned flow
-(:func:`physgen_flow.reflow.straightness`, RK4, 100 steps); the coupling's cost per training
+(:func:`physgen.reflow.straightness`, RK4, 100 steps); the coupling's cost per training
 step and the whole step's cost (ms). ``W2(data, data)`` of two fresh target sets is the floor.
 
 Results go to one HDF5 run file (atomic) with a PNG beside it::
@@ -41,12 +41,12 @@ import numpy as np
 import ot
 import torch
 from physgen_flow.matching import FlowMatching, source_prior
-from physgen_flow.reflow import straightness, write_pairs
 from scipy.spatial.distance import cdist
 from torch import Tensor, nn
 
 import physgen
 from physgen.io import RunWriter
+from physgen.reflow import straightness, write_pairs
 from physgen.sampling import sample
 
 #: (sampler, steps) of the evaluation grid; dopri5's NFE is whatever it spends

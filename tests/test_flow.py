@@ -34,7 +34,13 @@ from physgen_flow.matching import (
     linear_path,
     source_prior,
 )
-from physgen_flow.reflow import (
+from torch import Tensor, nn
+
+import physgen
+from physgen.errors import ConfigError, DataError
+from physgen.oracles import empirical_denoiser, flow_matching_velocity
+from physgen.process import ODEView, ScoreView, append_dims
+from physgen.reflow import (
     Pairs,
     gaussian_scale,
     generate_pairs,
@@ -43,12 +49,6 @@ from physgen_flow.reflow import (
     straightness,
     write_pairs,
 )
-from torch import Tensor, nn
-
-import physgen
-from physgen.errors import ConfigError, DataError
-from physgen.oracles import empirical_denoiser, flow_matching_velocity
-from physgen.process import ODEView, ScoreView, append_dims
 from physgen.registry import get_registry
 from physgen.rng import StackedGenerator
 from physgen.sampling import sample
@@ -499,9 +499,8 @@ def test_reflow_straightens_the_oracle_flow(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_reflow_and_sample_from_checkpoints(tmp_path: Path) -> None:
-    from physgen_flow.reflow import reflow_dataset
-
     from physgen.api import load_checkpoint
+    from physgen.reflow import reflow_dataset
 
     data = physgen.load_dataset("moons", 2000, seed=0)
     torch.manual_seed(0)
@@ -532,10 +531,10 @@ def test_cli_train_and_sample_cfm_otcfm_rectified(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``physgen train --process cfm|otcfm|rectified`` then ``physgen sample`` on default data
-    (in-process through click's runner); the rectified run trains on pairs made from the
-    otcfm checkpoint by :func:`reflow_dataset` (what ``--reflow-from`` wires)."""
+    (in-process through click's runner). ``rectified --reflow-from`` makes its pairs from the
+    otcfm checkpoint, a second ``--reflow-from`` chains a 2-rectified flow, and ``sample``
+    reports straightness and metrics against the teacher's dataset."""
     from click.testing import CliRunner
-    from physgen_flow.reflow import reflow_dataset
 
     from physgen.cli import cli
 
@@ -546,14 +545,31 @@ def test_cli_train_and_sample_cfm_otcfm_rectified(
         result = runner.invoke(cli, list(args), catch_exceptions=False)
         assert result.exit_code == 0, result.output[-2000:]
 
-    pairs = tmp_path / "pairs.npz"
-    for name in ("cfm", "otcfm", "rectified"):
-        data = ["--n-data", "2000"]
-        if name == "rectified":
-            reflow_dataset(tmp_path / "otcfm" / "checkpoint.safetensors", 500, out_path=pairs)
-            data = ["--dataset", str(pairs), "--n-data", "500", "-o", f"pairs={pairs}"]
-        physgen_cli("train", "--process", name, "--steps", "100", "--out", name, "-q", *data)
-        physgen_cli("sample", f"{name}/checkpoint.safetensors", "--sampler", "dopri5",
-                    "--steps", "1", "-n", "200", "-q")  # fmt: skip
-        assert list((tmp_path / name).glob("samples*.h5"))
-        assert list((tmp_path / name).glob("samples*.png"))
+    runs = [("cfm", []), ("otcfm", []),
+            ("rectified", ["--reflow-from", "otcfm/checkpoint.safetensors"]),
+            ("rectified2", ["--reflow-from", "rectified/checkpoint.safetensors"])]  # fmt: skip
+    for out, extra in runs:
+        process = out.rstrip("2")
+        physgen_cli("train", "--process", process, "--steps", "100", "--out", out, "-q",
+                    "--n-data", "500", *extra)  # fmt: skip
+        physgen_cli("sample", f"{out}/checkpoint.safetensors", "--sampler", "dopri5",
+                    "--steps", "1", "-n", "200", "-q", "--straightness", "64")  # fmt: skip
+        metrics = physgen.read_run(tmp_path / out / "samples-dopri5-1.h5").metrics
+        assert {"sliced_w2", "straightness"} <= set(metrics)
+        assert list((tmp_path / out).glob("samples*.png"))
+    _, info = load_pairs(tmp_path / "rectified2" / "reflow_pairs.npz")
+    assert info["teacher_process"]["name"] == "rectified"
+    assert info["teacher_checkpoint"] == "rectified/checkpoint.safetensors"
+
+
+def test_cli_reflow_from_needs_a_pairs_process(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from physgen.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["train", "-p", "cfm", "--reflow-from", "x.safetensors", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "does not train on reflow pairs" in result.output
+    assert "Traceback" not in result.output

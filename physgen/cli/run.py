@@ -11,7 +11,7 @@ import torch
 
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.data import load_dataset
-from physgen.io import RunWriter
+from physgen.io import RunWriter, load_checkpoint_file
 from physgen.plots import plot_curves, plot_samples
 
 
@@ -25,6 +25,7 @@ def run_train(
     network: str,
     net_options: dict[str, str],
     steps: int,
+    reflow: tuple[str, int, str] | None = None,
     batch_size: int,
     lr: float,
     ema: float,
@@ -41,6 +42,10 @@ def run_train(
 
     # Validate everything cheap before any work: names, options, data.
     process = get_process(process_name, **process_options)
+    if reflow is not None:
+        pairs = _reflow_pairs(process, out_dir, *reflow, resume=resume, seed=seed, device=device)
+        dataset = str(pairs)
+        process = get_process(process_name, **{**process_options, "pairs": dataset})
     data = load_dataset(dataset, n_data, seed=seed)
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
     net = get_network(network, data.event_shape, 0, **net_options)
@@ -48,6 +53,8 @@ def run_train(
     checkpoint = out_dir / "checkpoint.safetensors"
     run_path = out_dir / "train.h5"
     meta = describe(process, net, data)
+    if reflow is not None:  # metrics compare a reflowed model with the teacher's data
+        meta["dataset"]["reference"] = _reference_name(load_checkpoint_file(reflow[0]).meta)
     result = train(
         process,
         net.to(device),
@@ -88,6 +95,30 @@ def run_train(
     )
 
 
+def _reflow_pairs(
+    process: Any, out_dir: Path, teacher: str, n: int, sampler: str, *, resume: bool, seed: int,
+    device: torch.device,
+) -> Path:  # fmt: skip
+    """The run's reflow pair file (Liu et al. 2023): ``n`` pairs ``(z, ODE(z))`` from the
+    ``teacher`` checkpoint, written once; a resumed run trains on the file it already has."""
+    from physgen.errors import ConfigError
+    from physgen.reflow import reflow_dataset
+
+    if "pairs" not in process.options_dict():
+        raise ConfigError(
+            f"--reflow-from: process {process.registry_name!r} does not train on reflow pairs "
+            "(it has no 'pairs' option; use e.g. --process rectified)"
+        )
+    path = out_dir / "reflow_pairs.npz"
+    if resume and path.exists():
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A seed stream apart from the student's: its training noise must not replay the pairs'.
+    reflow_dataset(teacher, n, sampler=sampler, seed=seed + 1_000_003, out_path=path, device=device)
+    click.echo(f"reflow: {n} pairs from {teacher} ({sampler}) -> {path}")
+    return path
+
+
 def run_sample(
     *,
     checkpoint: Path,
@@ -103,6 +134,7 @@ def run_sample(
     device: torch.device,
     progress: bool,
     overwrite: bool,
+    straightness: int = 0,
     config: dict[str, Any],
     command: str,
 ) -> None:
@@ -148,6 +180,8 @@ def run_sample(
             scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
     if nll:
         scores.update(_nll(ckpt, nll, seed, device))
+    if straightness and "ode" in ckpt.process.views():
+        scores["straightness"] = _straightness(ckpt, min(straightness, n), seed, device)
     with RunWriter(
         out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
     ) as run:
@@ -196,6 +230,19 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     }
 
 
+def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
+    """Straightness of the model's own ODE (Liu et al. 2023) from the prior draws of the
+    first ``n`` samples (same per-sample generators), RK4 on 64 steps of its grid."""
+    from physgen.reflow import straightness
+    from physgen.rng import StackedGenerator
+
+    view = ckpt.process.view("ode", ckpt.net)
+    gen = StackedGenerator.for_samples(seed, 0, n, device)
+    x0 = view.prior((n, *ckpt.event_shape), generator=gen, device=device, dtype=torch.float32)
+    with torch.no_grad():
+        return straightness(view, x0, steps=64)
+
+
 def _sampler_options(spec: Any, name: str, raw: dict[str, str]) -> dict[str, Any]:
     from physgen.errors import ConfigError
     from physgen.process import convert_value
@@ -209,11 +256,17 @@ def _sampler_options(spec: Any, name: str, raw: dict[str, str]) -> dict[str, Any
     return out
 
 
+def _reference_name(meta: dict[str, Any]) -> str | None:
+    """The dataset a model's samples are compared with: its own, or its teacher's (reflow)."""
+    dataset = meta.get("dataset", {})
+    return dataset.get("reference") or dataset.get("name")
+
+
 def _reference(meta: dict[str, Any], n: int, seed: int) -> torch.Tensor | None:
     """Fresh data for metrics: a built-in dataset redrawn with another seed, else the file."""
     from physgen.errors import PhysgenError
 
-    name = meta.get("dataset", {}).get("name")
+    name = _reference_name(meta)
     if not name:
         return None
     try:

@@ -94,6 +94,15 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
     "dimension) of this many fresh data points through the PF-ODE (dopri5, exact divergence; "
     "any process with an ode view and a prior density).",
 )
+@click.option(
+    "--straightness",
+    type=click.IntRange(min=0),
+    default=256,
+    show_default=True,
+    help="Straightness of the learned ODE (Liu et al. 2023: mean squared deviation of the "
+    "velocity from the straight chord, 0 for straight paths) from this many prior draws, "
+    "RK4 on 64 steps; 0 turns it off. Processes with an ode view only.",
+)
 @seed_option
 @device_option
 @overwrite_option
@@ -110,6 +119,7 @@ def sample(
     out: str | None,
     metrics: bool,
     nll: int,
+    straightness: int,
     seed: int,
     device: str,
     overwrite: bool,
@@ -135,6 +145,7 @@ def sample(
         batch_size=batch_size,
         metrics=metrics,
         nll=nll,
+        straightness=straightness,
         seed=seed,
         device=resolve_device(device),
         progress=not quiet,

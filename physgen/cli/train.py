@@ -24,11 +24,14 @@ Examples:
   physgen train --process pfgmpp -o D=128 --dataset 8gaussians
   physgen train --dataset my_points.npy --steps 20000 --net-opt width=256
   physgen train --out runs/edm-moons --resume     # continue from the last checkpoint
+  physgen train -p rectified --reflow-from runs/edm-moons/checkpoint.safetensors
+  physgen train -p rectified --reflow-from runs/rectified-edm-moons/checkpoint.safetensors
   physgen --config exp.toml train                 # options from the [train] table
 
 \b
 The run directory holds checkpoint.safetensors (weights + JSON metadata; loading it never
-runs code), train.h5 (options, versions, loss curve) and loss.png."""
+runs code), train.h5 (options, versions, loss curve) and loss.png. With --reflow-from it also
+holds reflow_pairs.npz; chaining --reflow-from runs gives 2-, 3-, ... rectified flows."""
 
 
 @click.command(epilog=EPILOG)
@@ -108,10 +111,31 @@ runs code), train.h5 (options, versions, loss curve) and loss.png."""
     help="Teacher checkpoint, for distillation processes (sets -o teacher=PATH).",
 )
 @click.option(
+    "--reflow-from",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Reflow: integrate this checkpoint's ODE (any ODE process) from fresh noise, store the "
+    "(noise, sample) pairs in the run directory and train on them (sets -o pairs=FILE; the "
+    "process needs a 'pairs' option, e.g. rectified).",
+)
+@click.option(
+    "--reflow-pairs",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Number of reflow pairs to generate  [default: --n-data]",
+)
+@click.option(
+    "--reflow-sampler",
+    default="dopri5",
+    show_default=True,
+    help="Deterministic sampler that integrates the teacher's ODE for --reflow-from.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Run directory  [default: runs/<process>-<dataset>]",
+    help="Run directory  [default: runs/<process>-<dataset>, or runs/<process>-<teacher run> "
+    "with --reflow-from]",
 )
 @click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
 @seed_option
@@ -134,6 +158,9 @@ def train(
     grad_clip: float,
     checkpoint_every: int,
     teacher: str | None,
+    reflow_from: str | None,
+    reflow_pairs: int | None,
+    reflow_sampler: str,
     out: str | None,
     resume: bool,
     seed: int,
@@ -152,7 +179,10 @@ def train(
     options = parse_pairs(process_options, "--option")
     if teacher is not None:
         options["teacher"] = teacher
-    out_dir = Path(out or f"runs/{process}-{Path(dataset).stem}")
+    if reflow_from is not None and "pairs" in options:
+        raise ConfigError("--reflow-from writes the pair file itself; drop -o pairs=...")
+    source = Path(reflow_from).parent.name if reflow_from else Path(dataset).stem
+    out_dir = Path(out or f"runs/{process}-{source}")
     checkpoint = out_dir / "checkpoint.safetensors"
     if resume and not checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint in {out_dir}")
@@ -164,6 +194,7 @@ def train(
         process_options=options,
         dataset=dataset,
         n_data=n_data,
+        reflow=(reflow_from, reflow_pairs or n_data, reflow_sampler) if reflow_from else None,
         network=network,
         net_options=parse_pairs(net_options, "--net-opt"),
         steps=steps,

@@ -20,6 +20,7 @@ the device and dtype of the inputs. Randomness comes only from the ``generator``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -29,6 +30,7 @@ from scipy.spatial.distance import cdist
 from torch import Tensor
 
 from physgen.errors import ConfigError, DataError
+from physgen.reflow import Z_LAWS, load_pairs
 
 __all__ = [
     "Coupling",
@@ -185,3 +187,19 @@ class PairCoupling:
 
     def __repr__(self) -> str:
         return f"PairCoupling(n={len(self)})"
+
+
+def load_pair_coupling(path: str | Path, *, source: str = "gaussian") -> PairCoupling:
+    """A :class:`PairCoupling` over the reflow pairs in ``path``, checked against the
+    student's ``source`` (its noise must be the law the student samples from)."""
+    pairs, meta = load_pairs(path)
+    law = meta.get("z_law", Z_LAWS[0])
+    teacher = (meta.get("teacher_process") or {}).get("options", {}).get("source")
+    if law == Z_LAWS[0] and source != "gaussian":
+        raise ConfigError(f"{path}: the pairs' noise is N(0, I); use source=gaussian")
+    if law == Z_LAWS[1] and (source == "gaussian" or teacher not in (None, source)):
+        raise ConfigError(
+            f"{path}: the pairs' noise is the teacher's prior draw, not N(0, I); "
+            f"set source={teacher or 'the teacher source'}"
+        )
+    return PairCoupling(pairs.z, pairs.x)

@@ -149,7 +149,7 @@ class OTFlowMatchingOptions(FlowMatchingOptions):
 
 @dataclass(frozen=True)
 class RectifiedFlowOptions(PathOptions):
-    pairs: str = ""  # reflow pair file (z, x) written by physgen_flow.reflow; train on it too
+    pairs: str = ""  # reflow pair file (z, x) written by physgen.reflow; train on it too
 
 
 # --------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ class RectifiedFlow(FlowMatching):
     options: RectifiedFlowOptions
 
     def _make_coupling(self) -> Any:
-        from physgen_flow.reflow import load_pair_coupling
+        from physgen_flow.couplings import load_pair_coupling
 
         if not self.options.pairs:
             raise ConfigError(

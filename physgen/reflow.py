@@ -1,4 +1,5 @@
-"""Reflow and straightness (Liu, Gong, Liu 2023, "Flow Straight and Fast"; math.md §8).
+"""Reflow pairs and straightness for any process with an ODE view (Liu, Gong, Liu 2023,
+"Flow Straight and Fast"; math.md §8).
 
 Reflow replaces the independent coupling by the pairs ``(z, ODE(z))`` of a trained model and
 trains a new flow on them; each round straightens the paths. Here:
@@ -11,8 +12,10 @@ trains a new flow on them; each round straightens the paths. Here:
 * :func:`save_pairs` / :func:`load_pairs` keep them in one file (``.npz`` or ``.h5``), written
   atomically: ``x`` (the data half, read by :func:`physgen.data.load_dataset` as the dataset),
   ``z`` and ``meta`` (JSON: teacher, sampler, NFE, seed, ``z_law``).
-* :func:`reflow_dataset` does both from a checkpoint; the ``rectified`` process trains on the
-  file (``--dataset PAIRS -o pairs=PAIRS``), its coupling returning each row's stored ``z``.
+* :func:`reflow_dataset` does both from a checkpoint. A process that trains on reflow pairs
+  declares an option ``pairs`` (the file); ``physgen train --reflow-from CKPT`` writes the file
+  into the run directory and trains on its data half with ``-o pairs=FILE`` (the flow plugin's
+  ``rectified`` pairs each data row with its stored ``z``).
 * :func:`straightness` measures ``S = ∫_0^1 E||(x_1 − x_0) − v(x_t, t)||² dt`` along a model's
   own trajectories (Liu et al. 2023, the straightness ``S(Z)`` of a flow).
 """
@@ -37,7 +40,6 @@ __all__ = [
     "Pairs",
     "gaussian_scale",
     "generate_pairs",
-    "load_pair_coupling",
     "load_pairs",
     "reflow_dataset",
     "save_pairs",
@@ -172,24 +174,6 @@ def load_pairs(path: str | Path) -> tuple[Pairs, dict[str, Any]]:
     if x.shape != z.shape or x.ndim < 2:
         raise DataError(f"{path}: x {x.shape} and z {z.shape} are not paired rows")
     return Pairs(torch.from_numpy(z).float(), torch.from_numpy(x).float()), meta
-
-
-def load_pair_coupling(path: str | Path, *, source: str = "gaussian") -> Any:
-    """A :class:`~physgen_flow.couplings.PairCoupling` over the pairs in ``path``, checked
-    against the student's ``source`` (its noise must be the law the student samples from)."""
-    from physgen_flow.couplings import PairCoupling
-
-    pairs, meta = load_pairs(path)
-    law = meta.get("z_law", Z_LAWS[0])
-    teacher = (meta.get("teacher_process") or {}).get("options", {}).get("source")
-    if law == Z_LAWS[0] and source != "gaussian":
-        raise ConfigError(f"{path}: the pairs' noise is N(0, I); use source=gaussian")
-    if law == Z_LAWS[1] and (source == "gaussian" or teacher not in (None, source)):
-        raise ConfigError(
-            f"{path}: the pairs' noise is the teacher's prior draw, not N(0, I); "
-            f"set source={teacher or 'the teacher source'}"
-        )
-    return PairCoupling(pairs.z, pairs.x)
 
 
 def write_pairs(
