@@ -22,7 +22,7 @@ def run_train(
     process_options: dict[str, str],
     dataset: str,
     n_data: int,
-    network: str,
+    network: str | None,
     net_options: dict[str, str],
     steps: int,
     reflow: tuple[str, int, str] | None = None,
@@ -48,6 +48,8 @@ def run_train(
         process = get_process(process_name, **{**process_options, "pairs": dataset})
     data = load_dataset(dataset, n_data, seed=seed)
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
+    if network is None:  # the backbone that fits the data: images [C, H, W] or vectors
+        network = "unet" if len(data.event_shape) == 3 else "mlp"
     net = get_network(network, data.event_shape, 0, **net_options)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.safetensors"
@@ -127,6 +129,8 @@ def run_sample(
     steps: int,
     n: int,
     sampler_options: dict[str, str],
+    schedule: str | None = None,
+    schedule_options: dict[str, str] | None = None,
     batch_size: int,
     metrics: bool,
     nll: int,
@@ -159,6 +163,8 @@ def run_sample(
             device=device,
             options=options,
             on_batch=bar.update,
+            schedule=schedule,
+            schedule_options=schedule_options,
         )
     x = result.x.float().cpu()
     if not torch.isfinite(x).all():
@@ -214,7 +220,7 @@ def run_sample(
 def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]:
     """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (math.md §1)."""
     from physgen.errors import ConfigError
-    from physgen.likelihood import log_likelihood
+    from physgen.metrics.nll import nll
 
     data = _reference(ckpt.meta, n, seed + 1)
     if data is None:
@@ -222,12 +228,7 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     view = ckpt.process.view("ode", ckpt.net)
     if view.prior_logp is None:
         raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
-    result = log_likelihood(view, data.to(device), divergence="exact")
-    return {
-        "nll": float(-result.logp.mean()),
-        "bpd": float(result.bpd().mean()),
-        "nll_nfe": float(result.nfe),
-    }
+    return nll(view, data.to(device), divergence="exact").as_dict()
 
 
 def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
