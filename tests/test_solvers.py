@@ -267,6 +267,9 @@ def test_sampler_records():
         "bosh3": ("ode", 3),
         "adaptive_heun": ("ode", 2),
         "dpmpp_2m": ("denoiser", 2),
+        "dpmpp_3m": ("denoiser", 3),  # these three: tests/test_multistep.py
+        "unipc": ("denoiser", 4),
+        "ipndm": ("denoiser", 4),
     }
     for s in SAMPLERS.values():
         assert s.description and "\n" not in s.description and not s.stochastic

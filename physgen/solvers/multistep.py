@@ -1,12 +1,32 @@
-"""Multistep exponential-integrator solvers on the ``denoiser`` view.
+"""Multistep solvers on the ``denoiser`` view: one denoiser evaluation per step.
 
-They integrate the PF-ODE ``dx/dσ = (x − D(x; σ)) / σ`` (EDM frame, math.md §1) in the
-half-log-SNR ``λ = −ln σ``, where its linear part is solved exactly and only the denoiser is
-approximated, by a polynomial through the denoised values of past steps (one evaluation per
-step). ``grid`` is the float64 σ-grid, decreasing, possibly ending in 0.
+They integrate the PF-ODE ``dx/dσ = (x − D(x; σ)) / σ`` (EDM frame, math.md §1). The
+exponential integrators (DPM-Solver++(2M), (3M), UniPC) work in the half-log-SNR
+``λ = −ln σ``, where the linear part is solved exactly and only the denoiser is approximated,
+by a polynomial through the denoised values of past steps; iPNDM is Adams–Bashforth on the
+σ-frame derivative ``d = (x − D)/σ``. ``grid`` is the float64 σ-grid, decreasing, possibly
+ending in 0; a step into σ = 0 returns the denoised value (the limit h → ∞ of every
+exponential step, and the Euler step of EDM Algorithm 1, line 8), so NFE = number of
+intervals. Multistep solvers start at first order and raise the order as history accrues;
+``lower_order_final`` lowers it again on the last steps of short grids (fewer than
+:data:`LOWER_ORDER_FINAL_BELOW` intervals), as the reference implementations do, because the
+largest λ-steps of an EDM grid are the last ones.
 
-Reference: Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver++: Fast Solver for Guided Sampling of
-Diffusion Probabilistic Models" (2022), data-prediction form with α_t = 1, σ_t = σ.
+The third-order DPM-Solver++ update needs ``D_2 ≈ h² d²D/dλ²``; the multistep code of
+k-diffusion (``sample_dpmpp_3m_sde``) and diffusers (``multistep_dpm_solver_third_order_update``)
+uses ``(D1_0 − D1_1)/(r_0 + r_1) ≈ h² D''/2``, which leaves a local error ``h³ D''/12`` and a
+second-order method (measured in ``tests/test_multistep.py``). :func:`dpmpp_3m` uses twice that,
+the third-order value. The lower-order start adds a term ``O(h_0² dD/dλ)`` from the first steps,
+small when ``D`` is flat at σ_max (σ_max ≫ the data scale, as on EDM grids), so the declared
+orders are those of the multistep formulas.
+
+References: Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver++: Fast Solver for Guided Sampling of
+Diffusion Probabilistic Models" (2022), data-prediction form with α_t = 1, σ_t = σ, and its
+reference code for the third-order multistep update; Zhao, Bai, Rao, Zhou & Lu, "UniPC: A
+Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models" (NeurIPS 2023);
+Zhang & Chen, "Fast Sampling of Diffusion Models with Exponential Integrator" (DEIS, ICLR
+2023), §4 (iPNDM); Zhou, Chen, Zhang, Wang & Zhu, "Fast ODE-based Sampling for Diffusion
+Models in Around 5 Steps" (CVPR 2024), iPNDM on the σ-frame PF-ODE.
 """
 
 from __future__ import annotations
@@ -19,7 +39,16 @@ from torch import Tensor
 from physgen.errors import ConfigError
 from physgen.solvers import Sampler
 
-__all__ = ["SAMPLERS", "dpmpp_2m", "exponential_step"]
+__all__ = [
+    "LOWER_ORDER_FINAL_BELOW",
+    "SAMPLERS",
+    "adams_bashforth_weights",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "exponential_step",
+    "ipndm",
+    "unipc",
+]
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 OnStep = Callable[[int, Tensor], None]
@@ -76,10 +105,219 @@ def dpmpp_2m(
     return x
 
 
+#: grids with fewer intervals than this take lower orders on their last steps when
+#: ``lower_order_final`` is set (the threshold of diffusers' multistep schedulers)
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def _step_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
+    """The order of step ``i`` of ``steps``: ``min(order, i + 1)`` while history accrues and,
+    with ``lower_order_final`` on a short grid, at most ``steps − i`` (2 on the step before the
+    last, 1 on the last; DPM-Solver++ and UniPC reference code)."""
+    k = min(order, i + 1)
+    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+        k = min(k, steps - i)
+    return k
+
+
+def _dpmpp_step(
+    x: Tensor, sigma: Tensor, sigma_next: Tensor, lambdas: list[Tensor], denoised: list[Tensor]
+) -> Tensor:
+    """One DPM-Solver++ multistep update of order ``len(denoised)`` (1–3) from ``sigma`` to
+    ``sigma_next > 0``; ``lambdas``, ``denoised``: the last steps' ``λ = −ln σ`` and ``D``,
+    oldest first."""
+    d0 = denoised[-1]
+    if len(denoised) == 1:
+        return exponential_step(x, sigma, sigma_next, d0)
+    h = torch.log(sigma / sigma_next)
+    r0 = (lambdas[-1] - lambdas[-2]) / h
+    d1_0 = (d0 - denoised[-2]) / r0
+    if len(denoised) == 2:  # 2M: D̃ = D_0 + (D_0 − D_{−1}) / (2 r_0) (Lu et al. 2022, Alg. 2)
+        return exponential_step(x, sigma, sigma_next, d0 + d1_0 / 2)
+    r1 = (lambdas[-2] - lambdas[-3]) / h
+    d1_1 = (denoised[-2] - denoised[-3]) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)  # ≈ h dD/dλ, to second order
+    d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ≈ h² d²D/dλ² (the module docstring: the factor 2)
+    phi_1 = torch.expm1(-h)  # h-scaled φ-functions of the data-prediction integrator
+    phi_2 = phi_1 / h + 1
+    phi_3 = phi_2 / h - 0.5
+    # DPM-Solver++(3M): x' = (σ'/σ) x − φ_1 D_0 + φ_2 D_1 − φ_3 D_2, the exact integral of the
+    # quadratic through the last three D in λ (Lu et al. 2022, §4, α = 1)
+    return exponential_step(x, sigma, sigma_next, d0) + phi_2 * d1 - phi_3 * d2
+
+
+def dpmpp_3m(
+    f: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    on_step: OnStep | None = None,
+    lower_order_final: bool = True,
+) -> Tensor:
+    """DPM-Solver++(3M) (Lu et al. 2022), deterministic, one denoiser call per step.
+
+    Orders 1, 2, 3 on the first three steps (the 2nd-order step is :func:`dpmpp_2m`'s), then
+    third order in ``λ = −ln σ`` through the last three denoised values; a last step into
+    σ = 0 returns the denoised value. ``f`` is ``D(x; σ)``, ``x`` ``[B, *event]`` at
+    ``grid[0]``.
+    """
+    _check_sigmas(grid)
+    steps = grid.shape[0] - 1
+    lambdas: list[Tensor] = []
+    history: list[Tensor] = []  # denoised values of the last three steps, oldest first
+    for i in range(steps):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        denoised = f(x, sigma)
+        lambdas, history = [*lambdas[-2:], -torch.log(sigma)], [*history[-2:], denoised]
+        if sigma_next == 0:  # h = ∞: the step returns the denoised value
+            x = denoised
+        else:
+            order = _step_order(3, i, steps, lower_order_final)
+            x = _dpmpp_step(x, sigma, sigma_next, lambdas[-order:], history[-order:])
+        if on_step is not None:
+            on_step(i, x)
+    return x
+
+
+def _unipc_rhos(lambdas: list[Tensor], lambda_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """UniPC-bh2 coefficients for a step from ``lambdas[-1]`` to ``lambda_next`` with
+    ``p = len(lambdas)`` history points (oldest first): ``r_k``, the predictor's ``ρ^p`` (UniP,
+    Zhao et al. 2023, Alg. 2) and the corrector's ``ρ^c`` (UniC, Alg. 1), solved from
+    ``R ρ = g`` with ``R_ik = r_k^(i−1)``, ``g_i = h φ_(i+1)(h) i! / B(h)``, ``B(h) = e^h − 1``
+    (written here with h → −h, data prediction)."""
+    p = len(lambdas)
+    h = lambda_next - lambdas[-1]
+    hh = -h
+    rks = torch.stack(
+        [*((lam - lambdas[-1]) / h for lam in reversed(lambdas[:-1])), torch.ones_like(h)]
+    )
+    h_phi_k = torch.expm1(hh) / hh - 1  # h φ_2(h) and onwards, by φ_(k+1) = (φ_k − 1/k!)/h
+    b_h = torch.expm1(hh)  # B(h) of the bh2 variant
+    g, factorial = [], 1
+    for i in range(1, p + 1):
+        g.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    rhs = torch.stack(g)
+    R = torch.stack([rks**i for i in range(p)])
+    half = rhs.new_full((1,), 0.5)  # the reference code's closed forms for p = 1, 2
+    rhos_p = half if p == 2 else torch.linalg.solve(R[:-1, :-1], rhs[:-1]) if p > 2 else rhs[:0]
+    rhos_c = half if p == 1 else torch.linalg.solve(R, rhs)
+    return rks, rhos_p, rhos_c
+
+
+def unipc(
+    f: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    on_step: OnStep | None = None,
+    lower_order_final: bool = True,
+) -> Tensor:
+    """UniPC-3 with B(h) = e^h − 1 (Zhao et al. 2023, "bh2"), data prediction, one denoiser
+    call per step.
+
+    Each step predicts ``x'`` with UniP-p (p = 1, 2, 3 as history accrues), evaluates
+    ``D(x'; σ')`` — the evaluation the next step needs anyway — and corrects ``x'`` with UniC
+    through it (Alg. 1), which raises the order by one at no extra NFE; that evaluation (at
+    the predicted point) is the history value of ``σ'``. The last step has no corrector; one
+    into σ = 0 returns the last denoised value. ``x`` ``[B, *event]`` at ``grid[0]``.
+    """
+    _check_sigmas(grid)
+    steps = grid.shape[0] - 1
+    lambdas: list[Tensor] = []
+    history: list[Tensor] = []
+    denoised = f(x, grid[0])
+    for i in range(steps):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        lambdas, history = [*lambdas[-2:], -torch.log(sigma)], [*history[-2:], denoised]
+        if sigma_next == 0:  # h = ∞: the step returns the denoised value
+            x = denoised
+        else:
+            order = _step_order(3, i, steps, lower_order_final)
+            rks, rhos_p, rhos_c = _unipc_rhos(lambdas[-order:], -torch.log(sigma_next))
+            d0 = history[-1]
+            diffs = [(history[-2 - k] - d0) / rks[k] for k in range(order - 1)]  # D_k / r_k
+            b_h = torch.expm1(torch.log(sigma_next / sigma))  # B(h) = e^(−h) − 1
+            base = exponential_step(x, sigma, sigma_next, d0)
+            x_pred = base - b_h * sum(
+                (r * d for r, d in zip(rhos_p, diffs, strict=True)), torch.zeros_like(x)
+            )
+            if i == steps - 1:  # nothing left to evaluate: no corrector
+                x = x_pred
+            else:
+                denoised = f(x_pred, sigma_next)
+                corr = sum(
+                    (r * d for r, d in zip(rhos_c[:-1], diffs, strict=True)),
+                    rhos_c[-1] * (denoised - d0),
+                )
+                x = base - b_h * corr  # UniC (Zhao et al. 2023, eq. 9, Alg. 1)
+        if on_step is not None:
+            on_step(i, x)
+    return x
+
+
+def adams_bashforth_weights(times: Tensor, t_next: Tensor) -> Tensor:
+    """Variable-step Adams–Bashforth weights ``w`` with ``x' = x + (t' − t) Σ_j w_j d_j``:
+    the integral over ``[t, t']`` of the polynomial through ``(times_j, d_j)`` (oldest first,
+    ``t = times[-1]``), from the moment equations ``Σ_j w_j u_j^m = 1/(m + 1)``,
+    ``u_j = (times_j − t)/(t' − t)`` (Hairer, Nørsett & Wanner, "Solving ODEs I", §III.5).
+    On a uniform grid they are the classic 1; 3/2, −1/2; 23/12, −16/12, 5/12; … float64."""
+    u = (times - times[-1]) / (t_next - times[-1])
+    V = torch.stack([u**m for m in range(times.shape[0])])
+    moments = 1 / torch.arange(1, times.shape[0] + 1, dtype=times.dtype, device=times.device)
+    return torch.linalg.solve(V, moments)
+
+
+def ipndm(
+    f: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    on_step: OnStep | None = None,
+    lower_order_final: bool = True,
+) -> Tensor:
+    """iPNDM (Zhang & Chen 2023, §4; Zhou et al. 2024): fourth-order Adams–Bashforth on the
+    σ-frame PF-ODE ``dx/dσ = d = (x − D(x; σ))/σ`` (EDM eq. 3), warmed up at orders 1, 2, 3
+    from the steps already taken (no Runge–Kutta start), one denoiser call per step. The
+    weights are the variable-step ones (:func:`adams_bashforth_weights`), so the order holds on
+    any grid. A last step into σ = 0 returns the denoised value (its Euler step).
+    ``x`` ``[B, *event]`` at ``grid[0]``.
+    """
+    _check_sigmas(grid)
+    steps = grid.shape[0] - 1
+    times: list[Tensor] = []
+    slopes: list[Tensor] = []  # d at the last four grid points, oldest first
+    for i in range(steps):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        denoised = f(x, sigma)
+        if sigma_next == 0:  # the Euler step into σ = 0 lands on the denoised value
+            x = denoised
+        else:
+            times, slopes = [*times[-3:], sigma], [*slopes[-3:], (x - denoised) / sigma]
+            order = _step_order(4, i, steps, lower_order_final)
+            w = adams_bashforth_weights(torch.stack(times[-order:]), sigma_next)
+            x = (
+                x
+                + (sigma_next - sigma)
+                * sum(  # EDM eq. 3, integrated by AB-k
+                    (w_j * d for w_j, d in zip(w, slopes[-order:], strict=True)),
+                    torch.zeros_like(x),
+                )
+            )
+        if on_step is not None:
+            on_step(i, x)
+    return x
+
+
 def _one_per_interval(grid: Tensor) -> int:
     return grid.shape[0] - 1
 
 
+#: the multistep samplers, registered by :mod:`physgen.builtin`
 SAMPLERS: list[Sampler] = [
     Sampler(
         name="dpmpp_2m",
@@ -88,5 +326,32 @@ SAMPLERS: list[Sampler] = [
         description="DPM-Solver++(2M), 2nd-order multistep in λ = −ln σ (Lu et al. 2022)",
         order=2,
         nfe=_one_per_interval,
+    ),
+    Sampler(
+        name="dpmpp_3m",
+        fn=dpmpp_3m,
+        view="denoiser",
+        description="DPM-Solver++(3M), 3rd-order multistep in λ = −ln σ (Lu et al. 2022)",
+        order=3,
+        nfe=_one_per_interval,
+        options={"lower_order_final": True},  # orders 2, 1 on the last steps of < 15-step grids
+    ),
+    Sampler(
+        name="unipc",
+        fn=unipc,
+        view="denoiser",
+        description="UniPC-3 bh2 predictor + UniC corrector, data prediction (Zhao et al. 2023)",
+        order=4,
+        nfe=_one_per_interval,
+        options={"lower_order_final": True},  # orders 2, 1 on the last steps of < 15-step grids
+    ),
+    Sampler(
+        name="ipndm",
+        fn=ipndm,
+        view="denoiser",
+        description="iPNDM, 4th-order Adams–Bashforth on dx/dσ (Zhang & Chen 2023)",
+        order=4,
+        nfe=_one_per_interval,
+        options={"lower_order_final": True},  # orders 2, 1 on the last steps of < 15-step grids
     ),
 ]
