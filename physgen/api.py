@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from physgen.errors import CheckpointError, ConfigError
+from physgen.errors import CheckpointError, ConfigError, PhysgenError
 from physgen.process import Process, convert_value, parse_options
 from physgen.registry import get_registry
 
@@ -68,25 +68,41 @@ class Checkpoint:
     num_classes: int
     step: int
     meta: dict[str, Any]
+    #: the autoencoder of a latent-mode run (``event_shape`` is then the latent shape and
+    #: :meth:`sample` decodes), else None
+    latent: Any = None
 
     @property
     def process_name(self) -> str:
         return str(self.meta["process"]["name"])
 
     def sample(self, n: int = 1024, **kwargs: Any) -> Any:
-        """Shorthand for :func:`physgen.sampling.sample` with this checkpoint's model."""
+        """Shorthand for :func:`physgen.sampling.sample` with this checkpoint's model; in latent
+        mode the samples are decoded to data space."""
+        import dataclasses
+
         from physgen.sampling import sample
 
-        return sample(self.process, self.net, self.event_shape, n=n, **kwargs)
+        out = sample(self.process, self.net, self.event_shape, n=n, **kwargs)
+        if self.latent is not None:
+            with torch.no_grad():
+                x = self.latent.to(out.x.device).decode(out.x)
+            out = dataclasses.replace(out, x=x)
+        return out
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, *, device: str | torch.device = "cpu", autoencoder: nn.Module | None = None
+) -> Checkpoint:
     """Load a checkpoint written by :func:`physgen.train`; never executes code from the file.
 
     The process and network are rebuilt by name through the registry from the file's JSON
-    metadata, then the weights are loaded from its safetensors tensors.
+    metadata, then the weights are loaded from its safetensors tensors. A latent-mode
+    checkpoint also rebuilds its autoencoder (``autoencoder`` supplies the module when it was
+    not a registered one; :func:`physgen.latent.codec_from_checkpoint`).
     """
     from physgen.io import load_checkpoint_file
+    from physgen.latent import codec_from_checkpoint
 
     path = Path(path)
     raw = load_checkpoint_file(path)
@@ -98,8 +114,13 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         process = get_process(proc_meta["name"], **proc_meta["options"])
         net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
         raw_net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({err})") from None
+    except PhysgenError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, MemoryError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: checkpoint metadata is incomplete or invalid ({first})"
+        ) from None
     try:
         raw_net.load_state_dict(raw.net)
         net.load_state_dict(raw.ema or raw.net)
@@ -107,10 +128,15 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         if raw.process:
             process.load_state_dict(raw.process)
     except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: weights do not fit the network ({first})") from None
-    for m in (net, raw_net, process):
-        m.to(device)
+        from physgen.io._common import first_line
+
+        raise CheckpointError(
+            f"{path}: weights do not fit the network ({first_line(err)})"
+        ) from None
+    latent = codec_from_checkpoint(raw, autoencoder)
+    for m in (net, raw_net, process, latent):
+        if m is not None:
+            m.to(device)
     net.eval()
     return Checkpoint(
         path=path,
@@ -121,4 +147,5 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         num_classes=num_classes,
         step=int(meta.get("step", 0)),
         meta=meta,
+        latent=latent,
     )

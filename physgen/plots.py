@@ -44,6 +44,36 @@ def plot_samples(
     return _save(fig, plt, path, overwrite)
 
 
+def plot_image_grid(
+    path: str | Path,
+    images: np.ndarray,
+    *,
+    ncols: int | None = None,
+    low: float = -1.0,
+    high: float = 1.0,
+    overwrite: bool = True,
+) -> Path:
+    """Images ``[n, C, H, W]`` (C = 1 or 3, values in ``[low, high]``, clipped) tiled into one
+    PNG grid with a 1-pixel gap, small images enlarged (nearest) to ≥ 32 pixels a side.
+    Written atomically."""
+    plt = _figure()
+    n, c, h, w = images.shape
+    if c not in (1, 3):
+        raise ValueError(f"image grid needs 1 or 3 channels, got {c}")
+    cols = ncols or max(1, int(np.ceil(np.sqrt(n))))
+    rows = int(np.ceil(n / cols))
+    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, 3))
+    tiles = np.clip((images - low) / (high - low), 0, 1).transpose(0, 2, 3, 1)
+    for i, tile in enumerate(tiles):
+        r, q = divmod(i, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = tile
+    zoom = max(1, 32 // max(h, w))
+    grid = grid.repeat(zoom, 0).repeat(zoom, 1)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        plt.imsave(tmp, grid, format="png")
+    return Path(path)
+
+
 def plot_curves(
     path: str | Path,
     curves: dict[str, Sequence[float] | np.ndarray],

@@ -11,10 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from physgen.errors import ConfigError
+from physgen.guidance import Classifier, GuidedNet, classifier_guided
 from physgen.process import CountedFn, Process
 from physgen.registry import Registry, get_registry
 from physgen.rng import StackedGenerator
 from physgen.solvers import Sampler
+from physgen.solvers.grids import regrid
 
 __all__ = ["SampleSet", "compatible_samplers", "resolve_sampler", "sample"]
 
@@ -32,6 +34,8 @@ class SampleSet:
     seed: int
     wall_seconds: float
     options: dict[str, Any] = field(default_factory=dict)
+    #: guidance settings used (``scale``, ``interval``, ``classifier_scale``); empty if none
+    guidance: dict[str, Any] = field(default_factory=dict)
 
 
 def compatible_samplers(process: Process, registry: Registry | None = None) -> list[str]:
@@ -71,12 +75,28 @@ def sample(
     options: dict[str, Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
     registry: Registry | None = None,
+    guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+    classifier: Classifier | None = None,
+    classifier_scale: float = 1.0,
+    schedule: str | None = None,
+    schedule_options: dict[str, Any] | None = None,
 ) -> SampleSet:
     """Draw ``n`` samples of ``event_shape`` by integrating the reverse dynamics of ``process``.
 
     Sample ``i`` uses its own generator seeded from ``(seed, i)``, so it does not depend on
     ``batch_size``. ``cond`` (``[n]`` class labels) conditions the network. ``options`` are
     keyword options of the sampler function (e.g. ``rtol`` for dopri5, ``S_churn``).
+
+    Guidance (:mod:`physgen.guidance`, every process): ``guidance`` is the classifier-free
+    scale ``w`` (0 unconditional, 1 conditional, > 1 guided; needs ``cond`` and a net trained
+    with label dropout), ``guidance_interval`` ``(lo, hi)`` the view times where it applies (σ,
+    or t for flow-matching ODE views). ``classifier(x, sigma) -> logits`` adds
+    ``classifier_scale · ∇ log p(cond | x, σ)`` to the score (score views only).
+
+    ``schedule`` (denoiser and score samplers only) replaces the view's σ-grid by a named
+    schedule of :mod:`physgen.solvers.grids` between the same endpoints, with
+    ``schedule_options`` (e.g. ``{"rho": 5}`` for ``karras``).
     """
     if n < 1:
         raise ConfigError(f"n must be ≥ 1, got {n}")
@@ -86,6 +106,8 @@ def sample(
         raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
     if cond is not None and cond.shape[0] != n:
         raise ConfigError(f"cond has {cond.shape[0]} labels for {n} samples")
+    if cond is None and (guidance != 1.0 or classifier is not None):
+        raise ConfigError("guidance needs class labels: pass cond ([n] ints, −1 = none)")
     spec = resolve_sampler(process, sampler, registry)
     options = {**spec.options, **(options or {})}
     unknown = set(options) - set(spec.options)
@@ -94,6 +116,8 @@ def sample(
         raise ConfigError(
             f"sampler {sampler!r} has no option {sorted(unknown)[0]!r} (options: {known})"
         )
+    if schedule is not None and spec.view not in ("denoiser", "score"):
+        raise ConfigError(f"a schedule applies to denoiser/score samplers, not {sampler!r}")
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net.eval()
     chunks, nfe = [], 0
@@ -102,10 +126,15 @@ def sample(
         count = min(batch_size, n - start)
         gen = StackedGenerator.for_samples(seed, start, count, device)
         c = cond[start : start + count].to(device) if cond is not None else None
-        view = process.view(spec.view, net, c)
+        guided = GuidedNet(net, guidance, guidance_interval)
+        view = process.view(spec.view, guided, c)
+        if classifier is not None:
+            view = classifier_guided(view, classifier, c, classifier_scale)
         grid = view.grid(steps) if hasattr(view, "grid") else view.sigmas(steps)
+        if schedule is not None:
+            grid = regrid(grid, schedule, **(schedule_options or {}))
         x = view.prior((count, *event_shape), generator=gen, device=device, dtype=dtype)
-        f = CountedFn(_view_fn(view, spec.view))
+        f = CountedFn(guided.timed(_view_fn(view, spec.view)))
         x = spec.fn(f, x, grid.to(device), generator=gen, **options)
         chunks.append(x)
         nfe = max(nfe, f.nfe)
@@ -120,7 +149,25 @@ def sample(
         seed=seed,
         wall_seconds=wall,
         options=options,
+        guidance=_guidance_record(cond, guidance, guidance_interval, classifier, classifier_scale),
     )
+
+
+def _guidance_record(
+    cond: Tensor | None,
+    scale: float,
+    interval: tuple[float, float] | None,
+    classifier: Classifier | None,
+    classifier_scale: float,
+) -> dict[str, Any]:
+    if cond is None:
+        return {}
+    out: dict[str, Any] = {"scale": float(scale)}
+    if interval is not None:
+        out["interval"] = [float(v) for v in interval]
+    if classifier is not None:
+        out["classifier_scale"] = float(classifier_scale)
+    return out
 
 
 def _view_fn(view: Any, kind: str) -> Callable[[Tensor, Tensor], Tensor]:

@@ -18,14 +18,21 @@ torch 2.4). The EMA is ``ema ← ema + (1 − decay)(θ − ema)``, one ``torch.
 step. (``torch.optim.swa_utils.AveragedModel`` computes the same average, but its
 ``update_parameters`` reads its ``n_averaged`` buffer on the host twice per step, a device
 sync each time on a GPU.)
+
+Options beyond the loop: ``label_dropout`` replaces a label by −1 ("no label") with
+probability p, drawn from the data generator, so one net learns the conditional and the
+unconditional model for classifier-free guidance (Ho & Salimans 2022, Algorithm 1);
+``precision="bf16"`` runs the loss under ``torch.autocast`` (weights, EMA and Adam state stay
+float32); ``compile`` trains through ``torch.compile(net)`` while checkpoints hold the
+original module's weights; ``channels_last`` for image data; ``shards`` and DDP
+(:mod:`physgen.distributed`); ``latent`` trains in an autoencoder's latent space
+(:mod:`physgen.latent`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,9 +42,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from physgen.errors import CheckpointError, ConfigError, DataError, TrainingError
+from physgen._train_loop import Loop
+from physgen.distributed import all_gather_objects, barrier, dist_info
+from physgen.errors import CheckpointError, ConfigError, DataError
 from physgen.io import (
     load_checkpoint_file,
     restore_module,
@@ -48,7 +56,8 @@ from physgen.io import (
 __all__ = ["RESUME_KEYS", "TrainResult", "describe", "train"]
 
 #: Training options that must match between a checkpoint and the run resuming it.
-RESUME_KEYS = ("batch_size", "lr", "ema_decay", "grad_clip", "seed")
+RESUME_KEYS = ("batch_size", "lr", "ema_decay", "grad_clip", "seed", "label_dropout", "shards")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -69,40 +78,22 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-@dataclass
-class _Interrupt:
-    requested: bool = False
-
-
-@contextlib.contextmanager
-def _deferred_sigint() -> Iterator[_Interrupt]:
-    """Turn Ctrl-C into a flag the loop checks between steps, so the checkpoint it writes is
-    a clean step boundary. A second Ctrl-C raises at once. Only in the main thread, and only
-    when nobody else has installed a SIGINT handler."""
-    state = _Interrupt()
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield state
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if state.requested:
-            raise KeyboardInterrupt
-        state.requested = True
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def _seeds(seed: int) -> tuple[int, int]:
     """Two independent 63-bit seeds (data order, process noise) from one user seed."""
     a, b = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
     return int(a) >> 1, int(b) >> 1
+
+
+def _shard_seed(seed: int, shard: int) -> int:
+    """The noise seed of shard ``shard``; shard 0 keeps the one-process seed."""
+    if shard == 0:
+        return _seeds(seed)[1]
+    state = np.random.SeedSequence(seed, spawn_key=(shard,)).generate_state(1, dtype=np.uint64)
+    return int(state[0]) >> 1
+
+
+def _rng_key(shard: int) -> str:
+    return "loss" if shard == 0 else f"loss{shard}"
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:
@@ -136,17 +127,29 @@ class _Trainer:
     def __init__(
         self, process: Any, net: nn.Module, x: Tensor, labels: Tensor | None, *,
         batch_size: int, lr: float, ema_decay: float, grad_clip: float | None, seed: int,
+        label_dropout: float = 0.0, shards: int = 1, precision: str = "fp32",
+        compile: bool = False,
     ):  # fmt: skip
         self.process, self.net, self.x, self.labels = process, net, x, labels
         self.batch_size, self.ema_decay, self.grad_clip = batch_size, ema_decay, grad_clip
+        self.label_dropout, self.shards, self.precision = label_dropout, shards, precision
+        self.info = dist_info()
+        self.ddp: nn.Module | None = None
+        self.fwd_net: Any = net  # what the loss calls; self.net is what checkpoints hold
+        if self.info.enabled:  # DDP broadcasts rank 0's weights, so the EMA copy comes after
+            ids = [x.device.index] if x.device.type == "cuda" else None
+            self.fwd_net = self.ddp = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if compile:
+            self.fwd_net = torch.compile(self.fwd_net)
         self.ema = copy.deepcopy(net).float().eval().requires_grad_(False)
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.optimizer = _adam(self.params, lr)
         self._ema_pairs = self._pairs(self.ema.parameters(), net.parameters())
         self._buffer_pairs = self._pairs(self.ema.buffers(), net.buffers())
-        data_seed, loss_seed = _seeds(seed)
-        self.data_gen = _generator(data_seed, x.device)
-        self.loss_gen = _generator(loss_seed, x.device)
+        self.data_gen = _generator(_seeds(seed)[0], x.device)
+        per_rank = shards // self.info.world_size
+        self.shard_ids = list(range(self.info.rank * per_rank, (self.info.rank + 1) * per_rank))
+        self.loss_gens = [_generator(_shard_seed(seed, s), x.device) for s in self.shard_ids]
 
     @staticmethod
     def _pairs(dst: Iterator[Tensor], src: Iterator[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -159,16 +162,39 @@ class _Trainer:
         )
         y = self.x.index_select(0, idx)
         cond = self.labels.index_select(0, idx) if self.labels is not None else None
-        loss = self.process.loss(self.net, y, cond=cond, step=step, generator=self.loss_gen)
-        loss = loss.mean()
+        if cond is not None and self.label_dropout > 0:  # p_uncond, Ho & Salimans 2022 Alg. 1
+            u = torch.rand(self.batch_size, generator=self.data_gen, device=self.x.device)
+            cond = cond.masked_fill(u < self.label_dropout, -1)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        per, count = self.batch_size // self.shards, len(self.shard_ids)
+        total = torch.zeros((), device=self.x.device)
+        for j, (shard, gen) in enumerate(zip(self.shard_ids, self.loss_gens, strict=True)):
+            rows = slice(shard * per, (shard + 1) * per)
+            c = cond[rows] if cond is not None else None
+            last = j == count - 1  # DDP all-reduces with the last local shard's backward
+            with self._no_sync(not last), self._autocast():
+                loss = self.process.loss(self.fwd_net, y[rows], cond=c, step=step, generator=gen)
+                loss = loss.float().mean()
+            with self._no_sync(not last):
+                (loss if count == 1 else loss / count).backward()
+            total = total + loss.detach()
+        loss = total if count == 1 else total / count
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         self._update_ema(step)
         self.process.after_step(self.net, step)
-        return loss.detach()
+        return loss
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.x.device.type, dtype=torch.bfloat16)
+
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager[Any]:
+        if skip and self.ddp is not None:
+            return self.ddp.no_sync()  # type: ignore[operator]
+        return contextlib.nullcontext()
 
     def _update_ema(self, step: int) -> None:
         ema, net = self._ema_pairs
@@ -182,9 +208,21 @@ class _Trainer:
         if self._buffer_pairs[0]:
             torch._foreach_copy_(*self._buffer_pairs)
 
-    def save(self, path: Path, step: int, losses: np.ndarray, meta: dict[str, Any]) -> Path:
-        rng = {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()}
+    def save(
+        self, path: Path, step: int, losses: np.ndarray, meta: dict[str, Any],
+        extra: dict[str, Tensor] | None = None,
+    ) -> Path:  # fmt: skip
+        """Write the checkpoint (rank 0; every rank must call this: it gathers the shards'
+        generator states)."""
+        rng = {"data": self.data_gen.get_state()}
+        pairs = zip(self.shard_ids, self.loss_gens, strict=True)
+        local = {_rng_key(s): g.get_state() for s, g in pairs}
+        for states in all_gather_objects(local):
+            rng.update(states)
+        if not self.info.is_main:
+            return path
         process = self.process if isinstance(self.process, nn.Module) else None
+        curve = torch.from_numpy(np.ascontiguousarray(losses, np.float32))
         return save_checkpoint(
             path,
             net=self.net,
@@ -193,7 +231,7 @@ class _Trainer:
             optimizer=self.optimizer,
             meta={**meta, "step": step},
             rng_state=rng,
-            extra={"losses": torch.from_numpy(np.ascontiguousarray(losses, np.float32))},
+            extra={**(extra or {}), "losses": curve},
         )
 
     def restore(self, path: Path, options: dict[str, Any]) -> tuple[int, np.ndarray]:
@@ -213,7 +251,8 @@ class _Trainer:
         restore_optimizer(self.optimizer, raw)
         try:
             self.data_gen.set_state(raw.rng["data"])
-            self.loss_gen.set_state(raw.rng["loss"])
+            for shard, gen in zip(self.shard_ids, self.loss_gens, strict=True):
+                gen.set_state(raw.rng[_rng_key(shard)])
         except (KeyError, RuntimeError) as err:
             raise CheckpointError(f"{path}: unusable generator state ({err})") from None
         losses = raw.extra.get("losses", torch.zeros(0)).numpy()
@@ -284,7 +323,7 @@ def _validate(
     checks = [
         (steps >= 1, f"steps must be ≥ 1, got {steps}"),
         (batch_size >= 1, f"batch_size must be ≥ 1, got {batch_size}"),
-        (lr > 0, f"lr must be > 0, got {lr}"),
+        (0 < lr < float("inf"), f"lr must be finite and > 0, got {lr}"),
         (0 <= ema_decay <= 1, f"ema_decay must be in [0, 1], got {ema_decay}"),
         (grad_clip is None or grad_clip > 0, f"grad_clip must be > 0 or None, got {grad_clip}"),
         (log_every >= 1, f"log_every must be ≥ 1, got {log_every}"),
@@ -299,11 +338,20 @@ def _validate(
             raise ConfigError(message)
 
 
-def _check_finite(chunk: np.ndarray, first_step: int) -> None:
-    bad = ~np.isfinite(chunk)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise TrainingError(f"non-finite loss {chunk[i]} at step {first_step + i}")
+def _validate_extras(
+    label_dropout: float, shards: int, batch_size: int, world_size: int, precision: str
+) -> None:
+    checks = [
+        (0 <= label_dropout < 1, f"label_dropout must be in [0, 1), got {label_dropout}"),
+        (precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {precision!r}"),
+        (shards >= 1 and batch_size % shards == 0,
+         f"batch_size {batch_size} must be a multiple of shards={shards}"),
+        (shards % world_size == 0,
+         f"shards={shards} must be a multiple of the {world_size} distributed ranks"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def train(
@@ -324,6 +372,12 @@ def train(
     meta: dict[str, Any] | None = None,
     progress: bool = True,
     log_every: int = 50,
+    label_dropout: float = 0.0,
+    shards: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    channels_last: bool = False,
+    latent: Any = None,
 ) -> TrainResult:
     """Train ``net`` on ``data`` with ``process.loss`` for ``steps`` steps in total.
 
@@ -339,13 +393,32 @@ def train(
     loss raises :class:`TrainingError` at the next copy, and the last checkpoint on disk is the
     last finite state. ``meta`` (``process``/``network``/``dataset`` names and configs) is stored
     in the checkpoint; missing entries are filled from the objects.
+
+    ``label_dropout`` (p ∈ [0, 1)) trains a conditional net for classifier-free guidance.
+    ``shards`` (default: the DDP world size, 1 without DDP) splits each batch into that many
+    equal shards with their own noise generators (gradient accumulation); under ``torchrun``
+    each rank trains its share of the shards (:mod:`physgen.distributed`), and rank 0 writes the
+    checkpoint. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast on the data's device).
+    ``compile`` uses ``torch.compile(net)`` for the loss. ``channels_last`` needs image data
+    ``[n, C, H, W]``. ``latent`` (a :class:`physgen.latent.LatentCodec`, or any module with
+    ``encode``/``decode``, scaled here to unit-std latents) trains ``net`` on the encoded data;
+    the checkpoint records the autoencoder so sampling can decode.
     """
+    info = dist_info()
+    shards = info.world_size if shards is None else shards
     _validate(
         steps, batch_size, lr, ema_decay, grad_clip, log_every, checkpoint_every, resume,
         checkpoint,
     )  # fmt: skip
+    _validate_extras(label_dropout, shards, batch_size, info.world_size, precision)
     start_time = time.perf_counter()
     device = torch.device(device) if device is not None else _module_device(net)
+    codec = None
+    if latent is not None:
+        from physgen.latent import as_codec, encode_dataset
+
+        codec = as_codec(latent, data, device)
+        data = encode_dataset(data, codec)
     net.to(device).train()
     setup = getattr(process, "setup", None)
     if callable(setup):
@@ -353,23 +426,40 @@ def train(
     if isinstance(process, nn.Module):
         process.to(device)
     x, labels = _data_tensors(data, device, net)
+    if label_dropout > 0 and labels is None:
+        raise ConfigError("label_dropout needs labelled data and a net with num_classes > 0")
+    if channels_last:
+        if x.ndim != 4:
+            raise ConfigError(f"channels_last needs image data [n, C, H, W], got {list(x.shape)}")
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
     options = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
         "grad_clip": grad_clip, "seed": seed, "device": str(device),
+        "label_dropout": label_dropout, "shards": shards, "precision": precision,
+        "compile": compile, "channels_last": channels_last, "world_size": info.world_size,
     }  # fmt: skip
     full_meta = {**_meta(meta, process, net, data), "train": options}
+    extra = {}
+    if codec is not None:  # the net models latents: that is the shape to rebuild it with
+        full_meta["dataset"]["event_shape"] = [int(d) for d in x.shape[1:]]
+        full_meta["latent"] = codec.meta()
+        extra = codec.tensors()
     trainer = _Trainer(
         process, net, x, labels, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-        grad_clip=grad_clip, seed=seed,
+        grad_clip=grad_clip, seed=seed, label_dropout=label_dropout, shards=shards,
+        precision=precision, compile=compile,
     )  # fmt: skip
     path = Path(checkpoint) if checkpoint is not None else None
     start, history = 0, np.zeros(0, np.float32)
     if resume and path is not None:
         start, history = trainer.restore(path, options)
-    loop = _Loop(trainer, path, full_meta, steps, log_every, checkpoint_every, progress)
+    show = progress and info.is_main
+    loop = Loop(trainer, path, full_meta, steps, log_every, checkpoint_every, show, extra)
     if resume:
         loop.saved, loop.saved_step = path, start
     losses = loop.run(start, history)
+    barrier()  # rank 0's last checkpoint is on disk before any rank returns
     return TrainResult(
         net=net,
         ema=trainer.ema,
@@ -378,71 +468,3 @@ def train(
         wall_seconds=time.perf_counter() - start_time,
         checkpoint=loop.saved,
     )
-
-
-@dataclass
-class _Loop:
-    """Runs steps, syncs losses every ``log_every`` steps, checkpoints, handles Ctrl-C."""
-
-    trainer: _Trainer
-    path: Path | None
-    meta: dict[str, Any]
-    steps: int
-    log_every: int
-    checkpoint_every: int | None
-    progress: bool
-    saved: Path | None = None
-    saved_step: int = -1
-
-    def run(self, start: int, history: np.ndarray) -> np.ndarray:
-        chunks, pending = [history], []
-        done = start
-        bar = tqdm(
-            total=self.steps, initial=start, disable=not self.progress, unit="step",
-            dynamic_ncols=True, desc="train",
-        )  # fmt: skip
-        try:
-            with _deferred_sigint() as interrupt:
-                for step in range(start, self.steps):
-                    pending.append(self.trainer.step(step))
-                    done = step + 1
-                    if interrupt.requested or self._sync_due(done):
-                        self._flush(pending, done, chunks, bar)
-                        if interrupt.requested:
-                            raise KeyboardInterrupt
-                        if self._checkpoint_due(done):
-                            self._save(done, chunks)
-                self._flush(pending, done, chunks, bar)
-                self._save(done, chunks)
-        except KeyboardInterrupt:
-            self._flush(pending, done, chunks, bar)
-            self._save(done, chunks)
-            raise
-        finally:
-            bar.close()
-        return np.concatenate(chunks)
-
-    def _sync_due(self, done: int) -> bool:
-        return done % self.log_every == 0 or done == self.steps or self._checkpoint_due(done)
-
-    def _checkpoint_due(self, done: int) -> bool:
-        every = self.checkpoint_every
-        return self.path is not None and every is not None and done % every == 0
-
-    def _flush(self, pending: list[Tensor], done: int, chunks: list[np.ndarray], bar: Any) -> None:
-        """Copy the pending losses to the host (one sync) and check them."""
-        if not pending:
-            return
-        chunk = torch.stack(pending).float().cpu().numpy()
-        pending.clear()
-        _check_finite(chunk, done - len(chunk))
-        chunks.append(chunk)
-        bar.set_postfix(loss=f"{chunk.mean():.4g}", refresh=False)
-        bar.update(len(chunk))
-
-    def _save(self, done: int, chunks: list[np.ndarray]) -> None:
-        if self.path is None or done == self.saved_step:
-            return
-        losses = np.concatenate(chunks)
-        self.saved = self.trainer.save(self.path, done, losses, self.meta)
-        self.saved_step = done

@@ -12,7 +12,7 @@ import torch
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.data import load_dataset
 from physgen.io import RunWriter, load_checkpoint_file
-from physgen.plots import plot_curves, plot_samples
+from physgen.plots import plot_curves, plot_image_grid, plot_samples
 
 
 def run_train(
@@ -37,7 +37,16 @@ def run_train(
     progress: bool,
     config: dict[str, Any],
     command: str,
+    class_cond: bool = False,
+    label_dropout: float = 0.0,
+    latent: str | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    channels_last: bool = False,
+    shards: int | None = None,
 ) -> None:
+    from physgen.distributed import init_distributed
+    from physgen.latent import resolve_latent
     from physgen.training import describe, train
 
     # Validate everything cheap before any work: names, options, data.
@@ -47,10 +56,23 @@ def run_train(
         dataset = str(pairs)
         process = get_process(process_name, **{**process_options, "pairs": dataset})
     data = load_dataset(dataset, n_data, seed=seed)
+    info, device = init_distributed(device)  # torchrun: join the job, one device per rank
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
+    num_classes = data.num_classes if (class_cond or label_dropout > 0) else 0
+    if (class_cond or label_dropout > 0) and not num_classes:
+        from physgen.errors import ConfigError
+
+        raise ConfigError(f"--class-cond/--label-dropout: dataset {data.name!r} has no labels")
+    codec = None
+    if latent is not None:
+        ckpt_file = out_dir / "checkpoint.safetensors"
+        codec = resolve_latent(latent, data, ckpt_file if resume else None, seed, device)
+    shape = codec.latent_shape if codec is not None else data.event_shape
     if network is None:  # the backbone that fits the data: images [C, H, W] or vectors
-        network = "unet" if len(data.event_shape) == 3 else "mlp"
-    net = get_network(network, data.event_shape, 0, **net_options)
+        network = "unet" if len(shape) == 3 else "mlp"
+    with torch.random.fork_rng(devices=[]):  # the init draws from the global RNG: seed it
+        torch.manual_seed(seed)  # here so that a rerun (or --resume) reproduces it bitwise
+        net = get_network(network, shape, num_classes, **net_options)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.safetensors"
     run_path = out_dir / "train.h5"
@@ -73,7 +95,15 @@ def run_train(
         resume=resume,
         meta=meta,
         progress=progress,
+        label_dropout=label_dropout,
+        shards=shards,
+        precision=precision,
+        compile=compile,
+        channels_last=channels_last,
+        latent=codec,
     )
+    if not info.is_main:  # rank 0 writes the run file and plots
+        return
     with RunWriter(
         run_path, config=config, seed=seed, device=device, command=command, overwrite=True
     ) as run:
@@ -141,6 +171,9 @@ def run_sample(
     straightness: int = 0,
     config: dict[str, Any],
     command: str,
+    guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+    class_label: int | None = None,
 ) -> None:
     from physgen.registry import get_registry
     from physgen.sampling import resolve_sampler, sample
@@ -165,8 +198,13 @@ def run_sample(
             on_batch=bar.update,
             schedule=schedule,
             schedule_options=schedule_options,
+            cond=_sample_labels(ckpt, n, guidance, class_label),
+            guidance=guidance,
+            guidance_interval=guidance_interval,
         )
     x = result.x.float().cpu()
+    if ckpt.latent is not None:  # latent mode: decode to data space
+        x = _decode(ckpt.latent, result.x, batch_size).float().cpu()
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
         click.echo(f"warning: {bad} of {n} samples are not finite", err=True)
@@ -183,6 +221,8 @@ def run_sample(
             prior = ckpt.process.view(spec.view, ckpt.net).prior(
                 (n, *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
             )
+            if ckpt.latent is not None:
+                prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
             scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
     if nll:
         scores.update(_nll(ckpt, nll, seed, device))
@@ -205,16 +245,43 @@ def run_sample(
         for name, value in scores.items():
             run.add_metric(name, value)
     png = out_path.with_suffix(".png")
-    plot_samples(
-        png,
-        x.numpy(),
-        reference=None if reference is None else reference.numpy(),
-        title=f"{ckpt.process_name} · {sampler} · {steps} steps · NFE {result.nfe}",
-    )
+    if x.ndim == 4:  # images: a grid of the first 64
+        plot_image_grid(png, x[:64].numpy())
+    else:
+        plot_samples(
+            png,
+            x.numpy(),
+            reference=None if reference is None else reference.numpy(),
+            title=f"{ckpt.process_name} · {sampler} · {steps} steps · NFE {result.nfe}",
+        )
     line = f"{n} samples, {sampler}, {steps} steps, NFE {result.nfe}, {result.wall_seconds:.2f} s"
     if scores:
         line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     click.echo(f"{line}\nrun file: {out_path}\nplot:     {png}")
+
+
+def _sample_labels(
+    ckpt: Any, n: int, guidance: float, class_label: int | None
+) -> torch.Tensor | None:
+    """Class labels for a conditional checkpoint: ``class_label`` for all, else 0, 1, …, K−1
+    cycling; None for an unconditional one (guidance then is an error)."""
+    from physgen.errors import ConfigError
+
+    k = ckpt.num_classes
+    if k == 0:
+        if guidance != 1.0 or class_label is not None:
+            raise ConfigError("--guidance/--class need a class-conditional checkpoint")
+        return None
+    if class_label is not None and not 0 <= class_label < k:
+        raise ConfigError(f"--class must be in [0, {k - 1}], got {class_label}")
+    if class_label is not None:
+        return torch.full((n,), class_label, dtype=torch.long)
+    return torch.arange(n) % k
+
+
+@torch.no_grad()
+def _decode(codec: Any, z: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([codec.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
 
 
 def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]:

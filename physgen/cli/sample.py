@@ -24,6 +24,8 @@ Examples:
   physgen sample runs/pfgmpp-moons/checkpoint.safetensors --sampler dpmpp_2m --steps 10
   physgen sample --sampler dopri5 --opt rtol=1e-4 --opt atol=1e-4
   physgen sample --sampler heun_churn --opt S_churn=40 --steps 64
+  physgen sample --sampler unipc --steps 8 --schedule logsnr
+  physgen sample runs/edm-digits/checkpoint.safetensors --guidance 2 --class 3
   physgen sample --nll 500                        # + exact NLL / bits-per-dim of 500 points
 
 \b
@@ -65,6 +67,42 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
     multiple=True,
     metavar="NAME=VALUE",
     help="Sampler option, repeatable: --opt S_churn=40.",
+)
+@click.option(
+    "--schedule",
+    default=None,
+    metavar="NAME",
+    help="σ-schedule replacing the process's grid, same endpoints (denoiser/score samplers): "
+    "karras, logsnr, time_uniform.",
+)
+@click.option(
+    "--schedule-opt",
+    "schedule_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Schedule option, repeatable: --schedule-opt rho=5.",
+)
+@click.option(
+    "--guidance",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Classifier-free guidance scale w: 0 unconditional, 1 conditional, >1 guided "
+    "(class-conditional checkpoints).",
+)
+@click.option(
+    "--guidance-interval",
+    type=(float, float),
+    default=None,
+    metavar="LO HI",
+    help="Guide only at view times in [LO, HI] (σ; t for flow-matching ODE samplers).",
+)
+@click.option(
+    "--class",
+    "class_label",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Class of every sample  [default: cycle through the classes]",
 )
 @click.option(
     "--batch-size",
@@ -115,6 +153,11 @@ def sample(
     steps: int,
     num_samples: int,
     sampler_options: tuple[str, ...],
+    schedule: str | None,
+    schedule_options: tuple[str, ...],
+    guidance: float,
+    guidance_interval: tuple[float, float] | None,
+    class_label: int | None,
     batch_size: int,
     out: str | None,
     metrics: bool,
@@ -142,6 +185,8 @@ def sample(
         steps=steps,
         n=num_samples,
         sampler_options=parse_pairs(sampler_options, "--opt"),
+        schedule=schedule,
+        schedule_options=parse_pairs(schedule_options, "--schedule-opt"),
         batch_size=batch_size,
         metrics=metrics,
         nll=nll,
@@ -152,4 +197,7 @@ def sample(
         overwrite=overwrite,
         config=option_params(ctx),
         command=command_line(),
+        guidance=guidance,
+        guidance_interval=guidance_interval,
+        class_label=class_label,
     )

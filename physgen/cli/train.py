@@ -23,7 +23,11 @@ Examples:
   physgen train                                   # EDM on moons, writes runs/edm-moons/
   physgen train --process pfgmpp -o D=128 --dataset 8gaussians
   physgen train --dataset my_points.npy --steps 20000 --net-opt width=256
+  physgen train --dataset digits --steps 2000     # images: U-Net (preset small) by default
   physgen train --out runs/edm-moons --resume     # continue from the last checkpoint
+  physgen train -d digits --label-dropout 0.1     # class-conditional, for --guidance
+  physgen train -d digits --latent ae --precision bf16 --compile
+  torchrun --nproc-per-node 2 -m physgen train -d digits   # DDP, one rank per GPU
   physgen train -p rectified --reflow-from runs/edm-moons/checkpoint.safetensors
   physgen train -p rectified --reflow-from runs/rectified-edm-moons/checkpoint.safetensors
   physgen --config exp.toml train                 # options from the [train] table
@@ -64,7 +68,12 @@ holds reflow_pairs.npz; chaining --reflow-from runs gives 2-, 3-, ... rectified 
     show_default=True,
     help="Number of training examples drawn from a built-in dataset.",
 )
-@click.option("--network", "-n", default="mlp", show_default=True, help="Backbone name.")
+@click.option(
+    "--network",
+    "-n",
+    default=None,
+    help="Backbone name  [default: unet (preset small) for images [C, H, W], else mlp]",
+)
 @click.option(
     "--net-opt",
     "net_options",
@@ -138,6 +147,40 @@ holds reflow_pairs.npz; chaining --reflow-from runs gives 2-, 3-, ... rectified 
     "with --reflow-from]",
 )
 @click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
+@click.option(
+    "--class-cond", is_flag=True, help="Class-conditional network (the dataset's labels)."
+)
+@click.option(
+    "--label-dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Probability of training a label as 'none' (classifier-free guidance; implies "
+    "--class-cond).",
+)
+@click.option(
+    "--latent",
+    default=None,
+    metavar="ae|PATH",
+    help="Train in an autoencoder's latent space: 'ae' trains one on the data first, PATH "
+    "loads one from a latent-mode checkpoint.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16: autocast the loss (weights, EMA and optimizer state stay fp32).",
+)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
+@click.option("--channels-last", is_flag=True, help="channels-last memory format (images).")
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Split each batch into this many shards with their own noise (gradient "
+    "accumulation)  [default: the torchrun world size]",
+)
 @seed_option
 @device_option
 @overwrite_option
@@ -149,7 +192,7 @@ def train(
     process_options: tuple[str, ...],
     dataset: str,
     n_data: int,
-    network: str,
+    network: str | None,
     net_options: tuple[str, ...],
     steps: int,
     batch_size: int,
@@ -163,6 +206,13 @@ def train(
     reflow_sampler: str,
     out: str | None,
     resume: bool,
+    class_cond: bool,
+    label_dropout: float,
+    latent: str | None,
+    precision: str,
+    compile_: bool,
+    channels_last: bool,
+    shards: int | None,
     seed: int,
     device: str,
     overwrite: bool,
@@ -209,4 +259,11 @@ def train(
         progress=not quiet,
         config=option_params(ctx),
         command=command_line(),
+        class_cond=class_cond,
+        label_dropout=label_dropout,
+        latent=latent,
+        precision=precision,
+        compile=compile_,
+        channels_last=channels_last,
+        shards=shards,
     )

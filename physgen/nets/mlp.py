@@ -22,6 +22,9 @@ class _Block(nn.Module):
 class MLP(nn.Module):
     """``F(x, noise_label, class_labels=None)`` for ``x`` of shape ``[B, dim]``.
 
+    ``class_labels`` int64 ``[B]`` (with ``num_classes > 0``); −1 marks a row as unlabelled
+    and ``None`` all rows, so one net is both the conditional and the unconditional model.
+
     The noise label is embedded (positional or Fourier), mapped by a small MLP and added to
     every hidden layer's pre-activation, as DDPM++ adds its embedding inside each residual
     block. Hidden layers are residual (x + Linear(SiLU(LayerNorm(x)))) so depth is cheap to
@@ -62,7 +65,9 @@ class MLP(nn.Module):
             raise ValueError(f"MLP expects x of shape [B, {self.dim}], got {list(x.shape)}")
         emb = self.emb_mlp(self.embed(noise_label.expand(x.shape[0])).to(x.dtype))
         if self.label_emb is not None and class_labels is not None:
-            emb = emb + self.label_emb(class_labels)
+            # Label −1 means "no label" (classifier-free guidance): that row's embedding is 0.
+            keep = (class_labels >= 0).to(emb.dtype)[:, None]
+            emb = emb + self.label_emb(class_labels.clamp_min(0)).to(emb.dtype) * keep
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)
