@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from physgen.data import DATASETS, Dataset, load_dataset, validate_array
+from physgen.data import Dataset, load_dataset, validate_array
 from physgen.data.files import load_file
-from physgen.data.toy2d import gmm, gmm_of, moons
+from physgen.data.toy2d import DATASETS, gmm, gmm_of, moons
 from physgen.errors import ConfigError, DataError
 
 TOY = [e.name for e in DATASETS]

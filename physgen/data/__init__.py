@@ -154,7 +154,7 @@ def _as_numeric(source: str, array: Any, *, what: str = "array") -> Tensor:
         a = a.astype(np.float64)
     if a.dtype.kind == "u" and a.dtype.itemsize > 1:
         a = a.astype(np.float64)  # torch's wide unsigned dtypes support few operations
-    return torch.from_numpy(np.ascontiguousarray(a))
+    return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape))  # 0-d stays 0-d
 
 
 def _is_int(t: Tensor) -> bool:
@@ -209,7 +209,8 @@ def load_dataset(spec: str, n: int, *, seed: int = 0, **options: Any) -> Dataset
 
     Names are looked up in the plugin registry and called as ``loader(n, seed=seed,
     **options)``; a path ending in one of :data:`FILE_SUFFIXES` is read by
-    :func:`physgen.data.files.load_file` (first ``n`` rows; options ``key``, ``labels_key``).
+    :func:`physgen.data.files.load_file` (first ``n`` rows; options ``key``, ``labels_key``),
+    a directory by :func:`physgen.data.images.load_folder` (PNG/JPEG, option ``flip``).
     Anything else is a one-line :class:`ConfigError` listing both.
     """
     from physgen.registry import get_registry
@@ -226,10 +227,15 @@ def load_dataset(spec: str, n: int, *, seed: int = 0, **options: Any) -> Dataset
 
         _check_options(f"file {spec!r}", load_file, options)
         return load_file(spec, n, **options)
+    if Path(spec).is_dir():
+        from physgen.data.images import load_folder
+
+        _check_options(f"folder {spec!r}", load_folder, options)
+        return load_folder(spec, n, seed=seed, **options)
     known = ", ".join(registry.names("datasets")) or "none installed"
     raise ConfigError(
         f"unknown dataset {spec!r}: not a registered name (available: {known}) "
-        f"nor a file path ending in {', '.join(FILE_SUFFIXES)}"
+        f"nor a file path ending in {', '.join(FILE_SUFFIXES)} nor a folder of images"
     )
 
 
@@ -249,5 +255,9 @@ def _check_options(what: str, loader: Any, options: dict[str, Any]) -> None:
         raise ConfigError(f"{what} has no option {', '.join(unknown)} (options: {takes})")
 
 
-# toy2d builds Datasets, so it is imported once Dataset exists.
-from physgen.data.toy2d import DATASETS  # noqa: E402
+# toy2d and images build Datasets, so they are imported once Dataset exists.
+from physgen.data.images import DATASETS as _IMAGE_DATASETS  # noqa: E402
+from physgen.data.toy2d import DATASETS as _TOY_DATASETS  # noqa: E402
+
+#: the built-in datasets, handed to the ``physgen_datasets`` hook by :mod:`physgen.builtin`
+DATASETS = [*_TOY_DATASETS, *_IMAGE_DATASETS]

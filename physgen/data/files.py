@@ -9,6 +9,9 @@ optionally integer ``labels: [n]``:
 - ``.h5``/``.hdf5``: the dataset ``x`` (or the only dataset, at any depth; ``key=`` names
   another, e.g. ``"group/images"``); labels as for ``.npz``.
 
+Images are ``[n, C, H, W]``; a uint8 array of that rank is read as 8-bit pixels and mapped
+from 0…255 to ``[-1, 1]`` (``info["scale"]`` says so); other dtypes are kept as stored.
+
 Pickles are never executed: headers are read first and an object dtype is refused before any
 data is touched (and every read passes ``allow_pickle=False``). A missing, truncated or
 corrupt file, a wrong rank or dtype, an empty array or a NaN is a one-line
@@ -81,6 +84,7 @@ def load_npy(path: str | os.PathLike[str], n: int | None = None) -> Dataset:
     expected = int(np.prod(shape)) * dtype.itemsize
     if data_bytes < expected:
         raise DataError(f"{path}: file is truncated ({data_bytes} of {expected} data bytes)")
+    _check_memory(str(path), shape, n, dtype)
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         rows = np.array(array[:n] if array.ndim else array)
@@ -148,7 +152,12 @@ def load_npz(
 def _npz_member(archive: zipfile.ZipFile, member: str, source: str) -> np.ndarray:
     """One array of the archive: header checked (no pickles) before its data is read."""
     with archive.open(member) as f:
-        _npy_header(f, source)
+        shape, _, dtype = _npy_header(f, source)
+        data_bytes = archive.getinfo(member).file_size - f.tell()
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if data_bytes < expected:  # checked before read_array allocates the full array
+        raise DataError(f"{source}: array is truncated ({data_bytes} of {expected} data bytes)")
+    _check_memory(source, shape, None, dtype)
     with archive.open(member) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
 
@@ -194,6 +203,7 @@ def _h5_datasets(h5: h5py.File) -> list[str]:
 def _h5_rows(ds: h5py.Dataset, n: int | None, source: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """The first ``n`` rows of ``ds`` and its full shape; dtype checked before reading."""
     _check_dtype(source, ds.dtype)
+    _check_memory(source, tuple(ds.shape), n, ds.dtype)
     try:
         rows = ds[()] if ds.ndim == 0 else ds[:n]
     except _READ_ERRORS as err:
@@ -202,6 +212,30 @@ def _h5_rows(ds: h5py.Dataset, n: int | None, source: str) -> tuple[np.ndarray, 
 
 
 # -- shared ----------------------------------------------------------------------------------
+
+
+def _check_memory(source: str, shape: tuple[int, ...], n: int | None, dtype: np.dtype) -> None:
+    """Refuse, before reading, an array whose first ``n`` rows (as stored plus their float32
+    copy) would need more than half of this machine's physical memory: a header claiming
+    huge dimensions is a one-line error, not an out-of-memory kill."""
+    rows = 1 if not shape else shape[0] if n is None else min(shape[0], n)
+    values = rows * int(np.prod(shape[1:], dtype=object))
+    need = values * (dtype.itemsize + 4)
+    limit = _memory_limit()
+    if limit is not None and need > limit:
+        raise DataError(
+            f"{source}: {rows} rows of shape {tuple(shape[1:])} need {need / 2**30:.3g} GiB to "
+            f"load, more than half of this machine's memory ({2 * limit / 2**30:.3g} GiB); "
+            "load fewer rows"
+        )
+
+
+def _memory_limit() -> int | None:
+    """Half the physical memory in bytes, or None where the OS does not say (Windows)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _rows(n: int | None) -> int | None:
@@ -268,10 +302,15 @@ def _dataset(
     """The validated :class:`Dataset` from the first rows ``x`` of the stored array of full
     ``shape`` and all stored ``labels`` (checked against every row; ``num_classes`` counts
     them all, then they are cut to the rows kept)."""
+    scaled = x.dtype == np.uint8 and x.ndim == 4
+    if scaled:  # 8-bit images [n, C, H, W]: 0…255 -> [-1, 1], as image folders are read
+        x = x.astype(np.float32) / 127.5 - 1
     tensor = validate_array(f"{path}[{keys['key']!r}]" if keys.get("key") else str(path), x)
     classes, kept = 0, None
     if labels is not None:
         full = validate_labels(f"{path}[{keys['labels_key']!r}]", labels, shape[0])
         classes, kept = int(full.max()) + 1, full[: len(tensor)]
     info = {"source": str(path), "format": fmt, **keys, "rows": int(shape[0]), "n": len(tensor)}
+    if scaled:
+        info["scale"] = "uint8 v/127.5 - 1"
     return Dataset(path.name, tensor, kept, classes, info)
