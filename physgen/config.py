@@ -23,6 +23,8 @@ def load_toml_defaults(path: str | Path, commands: set[str]) -> dict[str, dict[s
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     out: dict[str, dict[str, Any]] = {}
@@ -34,6 +36,11 @@ def load_toml_defaults(path: str | Path, commands: set[str]) -> dict[str, dict[s
         section: dict[str, Any] = {}
         for key, value in values.items():
             if key in ("process_options", "net_options", "sampler_options"):
+                if not isinstance(value, dict):
+                    raise ConfigError(
+                        f"{path}: [{table}] {key} must be a table of name = value, "
+                        f"got {type(value).__name__}"
+                    )
                 value = tuple(f"{k}={v}" for k, v in value.items())
             section[key.replace("-", "_")] = value
         out[table] = section

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from physgen.solvers import Sampler
 
 PROJECT = "physgen"
+#: marks the hook specifications below
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: decorates a plugin's hook implementations: ``@physgen.hookimpl def physgen_processes(): ...``
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 

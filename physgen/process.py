@@ -200,6 +200,7 @@ class ConsistencyView:
     prior: PriorFn
 
 
+#: any of the view records a process hands to samplers
 View = ODEView | DenoiserView | ScoreView | ConsistencyView
 
 

@@ -42,6 +42,9 @@ DISABLE_ENV = "PHYSGEN_DISABLE_PLUGINS"
 
 @dataclass(frozen=True)
 class ProcessEntry:
+    """A process a plugin provides: its name, :class:`~physgen.process.Process` subclass and
+    one-line description."""
+
     name: str
     cls: type[Process]
     description: str
@@ -49,6 +52,8 @@ class ProcessEntry:
 
 @dataclass(frozen=True)
 class NetworkEntry:
+    """A backbone a plugin provides: a factory and its default config."""
+
     name: str
     #: ``(event_shape, num_classes, **config) -> nn.Module``
     factory: Callable[..., Any]
@@ -59,6 +64,8 @@ class NetworkEntry:
 
 @dataclass(frozen=True)
 class DatasetEntry:
+    """A dataset a plugin provides: a loader returning a :class:`~physgen.data.Dataset`."""
+
     name: str
     #: ``(n, *, seed, **options) -> physgen.data.Dataset``
     loader: Callable[..., Any]
@@ -67,6 +74,8 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class MetricEntry:
+    """A sample-quality metric a plugin provides."""
+
     name: str
     #: ``(samples, reference, *, generator) -> float``
     fn: Callable[..., float]
@@ -76,6 +85,8 @@ class MetricEntry:
 
 @dataclass(frozen=True)
 class CouplingEntry:
+    """A coupling of prior and data batches a plugin provides (flow matching, reflow)."""
+
     name: str
     #: ``(**options) -> coupling``; a coupling maps (x0, x1, generator) to re-paired (x0, x1)
     factory: Callable[..., Any]

@@ -58,6 +58,7 @@ def _sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
+#: what samplers and priors accept: one ``torch.Generator`` or one per sample
 Generator = torch.Generator | StackedGenerator
 
 

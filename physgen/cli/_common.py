@@ -34,6 +34,11 @@ def resolve_device(device: str) -> Any:
         raise ConfigError(f"unknown device {device!r} (try cpu, cuda, cuda:1 or auto)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(
+            f"device {device!r} does not exist ({count} CUDA device(s): 0-{count - 1})"
+        )
     return dev
 
 

@@ -277,6 +277,7 @@ def gmm_of(dataset: Dataset, *, dtype: torch.dtype = torch.float64) -> GaussianM
     )
 
 
+#: the built-in 2-D toy datasets
 DATASETS = [
     DatasetEntry("moons", moons, "two interleaving half circles, labelled by moon (2-D)"),
     DatasetEntry(

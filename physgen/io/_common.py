@@ -20,6 +20,9 @@ def now() -> str:
 
 
 def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (for one-line errors)."""
-    lines = str(err).strip().splitlines()
+    """The first line of an exception's message (for one-line errors); for torch's
+    ``Error(s) in loading state_dict for X:`` header, the first mismatch below it."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return f"{lines[0]} {lines[1]}"
     return lines[0] if lines else type(err).__name__

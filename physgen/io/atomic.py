@@ -2,12 +2,14 @@
 
 A crash or ``kill -9`` at any moment leaves either the old file or the new one under the final
 name, never a half-written one; at worst a stale ``.<name>.<pid>-<hex>.tmp`` file remains
-beside it.
+beside it (hidden, and never read as the real file). The next successful write of the same
+name removes such temporary files whose writer process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -24,7 +26,10 @@ class PendingFile:
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = True):
         self.path = Path(path)
         self.overwrite = overwrite
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        parent = self.path.parent
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"cannot write {self.path}: {parent} is not a directory")
+        parent.mkdir(parents=True, exist_ok=True)
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp = self.path.with_name(f".{self.path.name}.{token}.tmp")
 
@@ -36,6 +41,7 @@ class PendingFile:
             self.discard()
             raise
         _fsync_dir(self.path.parent)
+        _remove_stale(self.path)
         return self.path
 
     def discard(self) -> None:
@@ -55,6 +61,29 @@ def _fsync_dir(path: Path) -> None:
     """Make the rename durable; directories cannot be opened on Windows, so skip there."""
     with contextlib.suppress(OSError):
         _fsync_path(path)
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete ``.<name>.<pid>-<hex>.tmp`` files beside ``path`` left by writers that were
+    killed: those whose process no longer exists (a live writer's file is kept). POSIX only:
+    Windows has no harmless ``kill(pid, 0)``."""
+    if os.name != "posix":
+        return
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours (EPERM), or no signals here: assume alive
+        return True
+    return True
 
 
 def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:

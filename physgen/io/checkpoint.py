@@ -191,16 +191,28 @@ def _read_header(path: Path) -> dict[str, Any]:
             header = json.loads(f.read(n))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: not a safetensors checkpoint (bad header)") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({first_line(err)})") from None
-    if not isinstance(header, dict):
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
         raise CheckpointError(f"{path}: not a safetensors checkpoint (bad header)")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    ends = [_data_end(path, k, v) for k, v in header.items() if k != "__metadata__"]
     if 8 + n + max(ends, default=0) > size:
         raise CheckpointError(f"{path}: truncated checkpoint (tensor data cut off)")
     return header
+
+
+def _data_end(path: Path, key: str, entry: Any) -> int:
+    """Where tensor ``key``'s bytes end, from a header entry checked to be well formed."""
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int and o >= 0 for o in offsets)
+    ):
+        raise CheckpointError(f"{path}: not a safetensors checkpoint (bad entry {key!r})")
+    return int(offsets[1])
 
 
 def _physgen_meta(path: Path, header: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +221,7 @@ def _physgen_meta(path: Path, header: dict[str, Any]) -> dict[str, Any]:
         raise CheckpointError(f"{path}: a safetensors file without physgen metadata")
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError:
+    except (TypeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: corrupt physgen metadata") from None
     version = meta.get("format") if isinstance(meta, dict) else None
     if version != CHECKPOINT_FORMAT:

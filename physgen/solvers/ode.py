@@ -57,8 +57,11 @@ class Tableau:
 
 
 # Butcher (2016) §23. Heun's trapezoidal rule is EDM Algorithm 1, lines 5–7.
+#: explicit Euler
 EULER = Tableau(c=(0.0,), a=((),), b=(1.0,), order=1)
+#: Heun's trapezoidal rule (EDM Algorithm 1, lines 5–7)
 HEUN = Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2)
+#: the classical 4th-order Runge–Kutta method
 RK4 = Tableau(
     c=(0.0, 0.5, 0.5, 1.0),
     a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
@@ -284,6 +287,7 @@ _TOLERANCES = {
     "max_steps": 10_000,  # accepted + rejected steps per output interval before giving up
 }
 
+#: the ODE samplers, registered by :mod:`physgen.builtin`
 SAMPLERS: list[Sampler] = [
     Sampler(
         name="euler",

@@ -314,6 +314,7 @@ def _nfe_pc(grid: Tensor, corrector_steps: int = 1) -> int:
     return n + corrector_steps * inner
 
 
+#: the stochastic samplers, registered by :mod:`physgen.builtin`
 SAMPLERS: list[Sampler] = [
     Sampler(
         name="em",
