@@ -323,3 +323,115 @@ def test_sample_with_a_schedule():
         sample(process, net, (2,), n=2, sampler="heun", schedule="logsnr")
     with pytest.raises(ConfigError, match="unknown schedule"):
         sample(process, net, (2,), n=2, sampler="unipc", schedule="cosine")
+
+
+# -- analytical first step (AFS) --------------------------------------------------------------
+
+MULTISTEP = [s.name for s in multistep.SAMPLERS]
+
+
+@pytest.mark.parametrize("name", MULTISTEP)
+def test_afs_skips_the_call_at_sigma_max(problem, name):
+    spec, sigmas = SAMPLERS[name], []
+
+    def denoise(x, sigma):
+        sigmas.append(float(sigma))
+        return problem["gmm"].denoise(x, sigma)
+
+    for n in (2, 3, 7, 16):
+        grid = karras_sigmas(n, 0.002, 80.0)
+        sigmas.clear()
+        f = CountedFn(denoise)
+        x = spec.fn(f, problem["x0"], grid, afs=True)
+        assert f.nfe == n - 1 == spec.nfe(grid, afs=True) and 80.0 not in sigmas
+        assert torch.isfinite(x).all()
+    with pytest.raises(ConfigError, match="afs"):
+        spec.fn(problem["gmm"].denoise, problem["x0"], karras_sigmas(1, 0.002, 80.0), afs=True)
+
+
+@pytest.mark.parametrize("name", MULTISTEP)
+def test_afs_is_free_for_centred_data(name):
+    # Centred data N(0, s² I): D(x; 80) = s²/(s² + 80²) x ≈ 4e-5 x, so D = 0 costs nothing
+    # measurable against the exact flow x(σ') = sqrt((s² + σ'²)/(s² + σ²)) x (math.md §8).
+    s = 0.5
+    x0 = SIGMA_MAX * torch.randn(64, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
+
+    def denoise(x, sigma):
+        return s**2 / (s**2 + append_dims(torch.as_tensor(sigma, dtype=F64), x.ndim) ** 2) * x
+
+    exact = math.sqrt((s**2 + SIGMA_MIN**2) / (s**2 + SIGMA_MAX**2)) * x0
+    for n in (8, 32, 128):
+        grid = karras_sigmas(n + 1, SIGMA_MIN, SIGMA_MAX, zero=False)
+        with_afs = _rms(SAMPLERS[name].fn(denoise, x0, grid, afs=True), exact)
+        without = _rms(SAMPLERS[name].fn(denoise, x0, grid), exact)
+        assert with_afs <= 1.1 * without + 1e-9, (n, with_afs, without)
+
+
+def test_sample_with_afs_spends_one_nfe_fewer():
+    process = EDM(sigma_min=0.002, sigma_max=80.0)
+    net = MLP(2, width=16, depth=1).double()
+    kwargs = dict(n=4, sampler="unipc", steps=6, seed=3, dtype=F64)
+    out = sample(process, net, (2,), options={"afs": True}, **kwargs)  # type: ignore[arg-type]
+    assert out.nfe == 5 and torch.isfinite(out.x).all()
+
+
+# -- stored (knots) and fitted schedules ------------------------------------------------------
+
+
+def test_knots_schedule_reproduces_its_knots_and_interpolates_log_linearly():
+    u = [0.0, 0.1, 0.45, 0.7, 1.0]
+    lo, hi = math.log(0.002), math.log(80.0)
+    grid = grids.knots(5, 0.002, 80.0, knots=u)  # K = steps: the knots themselves
+    torch.testing.assert_close((hi - grid[:-1].log()) / (hi - lo), torch.tensor(u, dtype=F64))
+    assert grid[0] == 80.0 and grid[-2] == 0.002 and grid[-1] == 0
+    # 9 levels through 5 knots: the odd levels sit halfway (in ln σ) between the even ones
+    fine = grids.knots(9, 0.002, 80.0, knots="0,0.1,0.45,0.7,1")[:-1].log()
+    torch.testing.assert_close(fine[::2], grid[:-1].log())
+    torch.testing.assert_close(fine[1::2], (fine[:-2:2] + fine[2::2]) / 2)
+    torch.testing.assert_close(grids.knots(7, 0.002, 80.0), grids.logsnr(7, 0.002, 80.0))
+    regridded = grids.regrid(karras_sigmas(5, 0.002, 80.0), "knots", knots="0,0.1,0.45,0.7,1")
+    torch.testing.assert_close(regridded, grid)
+    for bad in ("0,0.5", "0.1,1", "0,0.5,0.5,1", "0,x,1", "1"):
+        with pytest.raises(ConfigError, match="knots"):
+            grids.knots(5, 0.002, 80.0, knots=bad)
+
+
+def test_fit_knots_recovers_a_known_grid_and_is_reproducible():
+    # The loss is the squared ln σ distance to the grid of known knots: its minimiser is known.
+    target = [0.0, 0.15, 0.3, 0.55, 0.8, 1.0]
+    want = grids.knots(6, 0.002, 80.0, knots=target)[1:-2].log()
+
+    def loss(grid: torch.Tensor) -> float:
+        return float((grid[1:-2].log() - want).pow(2).sum())
+
+    fitted = grids.fit_knots(loss, 6, 0.002, 80.0, n_knots=6, max_evals=3000)
+    assert fitted[0] == 0 and fitted[-1] == 1
+    assert max(abs(a - b) for a, b in zip(fitted, target, strict=True)) < 2e-3, fitted
+    assert grids.fit_knots(loss, 6, 0.002, 80.0, n_knots=6, max_evals=3000) == fitted
+    again = grids.knots(6, 0.002, 80.0, knots=",".join(map(str, fitted)))  # from stored text
+    torch.testing.assert_close(again, grids.knots(6, 0.002, 80.0, knots=fitted), rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_fitted_schedule_generalises_to_fresh_draws(problem):
+    # Fitted on pilot draws, judged on others: the median error against dopri5 drops.
+    gmm = problem["gmm"]
+    field = DenoiserView(gmm.denoise, None, None).as_ode().field  # type: ignore[arg-type]
+    span = torch.tensor([SIGMA_MAX, SIGMA_MIN, 0.0], dtype=F64)
+
+    def draws(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = SIGMA_MAX * torch.randn(
+            64, 3, generator=torch.Generator().manual_seed(seed), dtype=F64
+        )
+        return x0, ode.dopri5(field, x0, span, rtol=1e-9, atol=1e-9, max_steps=100_000)
+
+    def median(grid: torch.Tensor, x0: torch.Tensor, ref: torch.Tensor) -> float:
+        x = multistep.dpmpp_2m(gmm.denoise, x0, grid)
+        return float((x - ref).pow(2).mean(1).sqrt().median())
+
+    pilot, test = draws(11), draws(12)
+    knots = grids.fit_knots(
+        lambda g: median(g, *pilot), 6, SIGMA_MIN, SIGMA_MAX, n_knots=4, max_evals=150
+    )
+    fitted = median(grids.knots(6, SIGMA_MIN, SIGMA_MAX, knots=knots), *test)
+    assert fitted < 0.7 * median(grids.logsnr(6, SIGMA_MIN, SIGMA_MAX), *test), knots

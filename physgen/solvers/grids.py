@@ -13,28 +13,48 @@ sampler gets the spacing. Options are keyword arguments with defaults (plain val
   high-resolution and guided sampling; exponential integrators take equal λ-steps on it.
 * ``time_uniform`` — uniform in the time ``t`` of the VP-SDE with linear β (EDM Table 1, VP:
   ``σ(t) = sqrt(exp(β_d t²/2 + β_min t) − 1)``), DPM-Solver's default for VP models.
+* ``knots`` — a stored schedule: the fractions ``u_k`` of the way from ``ln σ_max`` to
+  ``ln σ_min`` at ``K`` evenly spaced ramp points, interpolated linearly in between (the
+  log-linear interpolation of Align Your Steps); ``K = steps`` gives the stored grid exactly.
+  :func:`fit_knots` optimises them for a sampler and budget against a reference, so a fitted
+  schedule is a short list of numbers that reproduces it.
 
 References: Karras, Aittala, Aila & Laine, "Elucidating the Design Space of Diffusion-Based
 Generative Models" (EDM, NeurIPS 2022), eq. 5 and Table 1; Lu, Zhou, Bao, Chen, Li & Zhu,
 "DPM-Solver" (NeurIPS 2022), §3.3 and App. D.1 (time-uniform vs logSNR steps); Zhou, Chen,
 Zhang, Wang & Zhu, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps" (CVPR 2024),
-§5 (the three schedules compared at low NFE).
+§5 (the three schedules compared at low NFE); Sabour, Fidler & Kreis, "Align Your Steps:
+Optimizing Sampling Schedules in Diffusion Models" (ICML 2024), §3.3 (interpolating a
+schedule to other step counts, log-linearly).
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.optimize import minimize
 from torch import Tensor
 
 from physgen.errors import ConfigError
 from physgen.process import convert_value, karras_sigmas
 
-__all__ = ["SCHEDULES", "karras", "logsnr", "regrid", "schedule_defaults", "time_uniform"]
+__all__ = [
+    "SCHEDULES",
+    "fit_knots",
+    "karras",
+    "knots",
+    "logsnr",
+    "parse_knots",
+    "regrid",
+    "schedule_defaults",
+    "time_uniform",
+]
 
 
 def _check(steps: int, sigma_min: float, sigma_max: float) -> None:
@@ -98,11 +118,93 @@ def time_uniform(
     return _levels(sigma, steps, sigma_min, sigma_max)
 
 
+def parse_knots(knots: str | Sequence[float]) -> list[float]:
+    """``knots`` as floats (a comma-separated string or a sequence), checked: ≥ 2 values,
+    strictly increasing from 0 to 1."""
+    if isinstance(knots, str):
+        try:
+            values = [float(v) for v in knots.split(",")]
+        except ValueError:
+            raise ConfigError(f"knots must be comma-separated numbers, got {knots!r}") from None
+    else:
+        values = [float(v) for v in knots]
+    if len(values) < 2 or values[0] != 0 or values[-1] != 1:
+        raise ConfigError(f"knots must start at 0 and end at 1, got {values}")
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise ConfigError(f"knots must increase strictly, got {values}")
+    return values
+
+
+def knots(
+    steps: int, sigma_min: float, sigma_max: float, *, knots: str | Sequence[float] = "0,1"
+) -> Tensor:
+    """``σ = σ_max (σ_min/σ_max)^u(r)`` at ``steps`` ramp values ``r = 0 … 1``, with ``u``
+    the piecewise-linear interpolant through ``(k/(K−1), knots[k])`` (Sabour et al. 2024,
+    §3.3: log-linear), then 0. ``"0,1"`` is ``logsnr``; ``K = steps`` reproduces the knots."""
+    _check(steps, sigma_min, sigma_max)
+    u = torch.tensor(parse_knots(knots), dtype=torch.float64)
+    lo, hi, segments = math.log(sigma_min), math.log(sigma_max), u.shape[0] - 1
+
+    def sigma(r: Tensor) -> Tensor:
+        k = (r * segments).floor().clamp(max=segments - 1).long()
+        frac = r * segments - k
+        return torch.exp(hi + (u[k] + frac * (u[k + 1] - u[k])) * (lo - hi))
+
+    return _levels(sigma, steps, sigma_min, sigma_max)
+
+
+def fit_knots(
+    error: Callable[[Tensor], float],
+    steps: int,
+    sigma_min: float,
+    sigma_max: float,
+    *,
+    n_knots: int = 6,
+    init: Sequence[float] | None = None,
+    max_evals: int = 400,
+) -> list[float]:
+    """The ``n_knots`` knots (see :func:`knots`) minimising ``error(grid)`` by Nelder–Mead,
+    started from ``init`` (``n_knots`` knots; default: ``logsnr``). ``error`` maps a
+    :func:`knots` grid of ``steps`` levels to the loss (e.g. a sampler's error against a tight
+    reference on pilot draws, never on the draws it is judged on). The knots are parameterised
+    by log-increments (softmax), so every candidate is a valid schedule. Deterministic;
+    returned rounded to 6 digits, the values that reproduce the schedule."""
+    if n_knots < 2:
+        raise ConfigError(f"n_knots must be ≥ 2, got {n_knots}")
+
+    def to_knots(a: np.ndarray) -> list[float]:
+        w = np.exp(np.concatenate([[0.0], a]))
+        u = np.concatenate([[0.0], np.cumsum(w) / w.sum()])
+        u[-1] = 1.0
+        return [round(float(v), 6) for v in u]
+
+    def loss(a: np.ndarray) -> float:
+        try:
+            return float(error(knots(steps, sigma_min, sigma_max, knots=to_knots(a))))
+        except ConfigError:  # two knots rounded together
+            return math.inf
+
+    if n_knots == 2:
+        return [0.0, 1.0]
+    start = np.zeros(n_knots - 2)
+    if init is not None:
+        u = parse_knots(init)
+        if len(u) != n_knots:
+            raise ConfigError(f"init has {len(u)} knots, n_knots is {n_knots}")
+        du = np.diff(u)
+        start = np.log(du[1:] / du[0])  # the inverse of to_knots
+    simplex = np.vstack([start, start + 0.5 * np.eye(start.size)])  # ±65% increments
+    options = {"maxfev": max_evals, "initial_simplex": simplex, "xatol": 1e-3, "fatol": 0.0}
+    best = minimize(loss, start, method="Nelder-Mead", options=options)
+    return to_knots(best.x if best.fun <= loss(start) else start)
+
+
 #: the named schedules :func:`regrid` (and ``physgen sample --schedule``) know
 SCHEDULES: dict[str, Callable[..., Tensor]] = {
     "karras": karras,
     "logsnr": logsnr,
     "time_uniform": time_uniform,
+    "knots": knots,
 }
 
 

@@ -20,6 +20,14 @@ the third-order value. The lower-order start adds a term ``O(h_0² dD/dλ)`` fro
 small when ``D`` is flat at σ_max (σ_max ≫ the data scale, as on EDM grids), so the declared
 orders are those of the multistep formulas.
 
+``afs`` (analytical first step, every solver here) skips the denoiser call at ``grid[0]``:
+for data of mean μ and covariance Σ, ``D(x; σ) = μ + Σ (Σ + σ² I)^(−1) (x − μ)``, which is
+``μ + O(σ_data²/σ_max²) x`` at σ_max ≫ σ_data; with the data assumed centred (μ = 0, true of
+normalised data, and the only value known without the network) the first step uses ``D = 0``,
+i.e. ``dx/dσ = x/σ`` (Zhou et al. 2024, §4.1; Dockhorn, Vahdat & Kreis, "GENIE", NeurIPS
+2022). The error it makes is ``(1 − σ_1/σ_0) μ`` in ``x_1``, contracted by later steps by
+about ``σ_data/σ_1``. The value stands in for ``D_0`` in the history, and NFE = intervals − 1.
+
 References: Lu, Zhou, Bao, Chen, Li & Zhu, "DPM-Solver++: Fast Solver for Guided Sampling of
 Diffusion Probabilistic Models" (2022), data-prediction form with α_t = 1, σ_t = σ, and its
 reference code for the third-order multistep update; Zhao, Bai, Rao, Zhou & Lu, "UniPC: A
@@ -62,9 +70,17 @@ def exponential_step(x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Ten
     return ratio * x + (1 - ratio) * denoised
 
 
-def _check_sigmas(grid: Tensor) -> None:
+def _check_sigmas(grid: Tensor, afs: bool = False) -> None:
     if grid.ndim != 1 or grid.shape[0] < 2 or not bool((grid[:-1] > 0).all()):
         raise ConfigError("a denoiser grid needs ≥ 2 decreasing σ > 0 (the last may be 0)")
+    if afs and grid.shape[0] < 3:
+        raise ConfigError("afs (analytical first step) needs a grid of ≥ 2 intervals")
+
+
+def _denoise(f: Denoiser, x: Tensor, sigma: Tensor, first_analytic: bool) -> Tensor:
+    """``D(x; σ)``, or the analytical first step's ``D ≈ 0`` (centred data at σ_max ≫ σ_data,
+    Zhou et al. 2024, §4.1; the module docstring) without calling ``f``."""
+    return torch.zeros_like(x) if first_analytic else f(x, sigma)
 
 
 def dpmpp_2m(
@@ -74,6 +90,7 @@ def dpmpp_2m(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
+    afs: bool = False,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), one denoiser call per step.
 
@@ -81,14 +98,15 @@ def dpmpp_2m(
     (e^(−h_i) − 1) D̃_i``, ``D̃_i = (1 + 1/(2r_i)) D_i − 1/(2r_i) D_{i−1}``, ``r_i = h_{i−1}/h_i``
     (math.md §5). The first step is first order (``D̃_0 = D_0``), and so is a last step into
     σ = 0, which returns the denoised value (as k-diffusion's ``sample_dpmpp_2m``).
-    ``f`` is ``D(x; σ)``, ``x`` ``[B, *event]`` at ``grid[0]``.
+    ``f`` is ``D(x; σ)``, ``x`` ``[B, *event]`` at ``grid[0]``; ``afs``: the first step uses
+    ``D = 0`` (module docstring).
     """
-    _check_sigmas(grid)
+    _check_sigmas(grid, afs)
     denoised_prev: Tensor | None = None
     h_prev = grid.new_zeros(())
     for i in range(grid.shape[0] - 1):
         sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = f(x, sigma)
+        denoised = _denoise(f, x, sigma, afs and i == 0)
         if sigma_next == 0:  # h = ∞: the step returns the denoised value
             x = denoised
         else:
@@ -154,21 +172,22 @@ def dpmpp_3m(
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
     lower_order_final: bool = True,
+    afs: bool = False,
 ) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022), deterministic, one denoiser call per step.
 
     Orders 1, 2, 3 on the first three steps (the 2nd-order step is :func:`dpmpp_2m`'s), then
     third order in ``λ = −ln σ`` through the last three denoised values; a last step into
     σ = 0 returns the denoised value. ``f`` is ``D(x; σ)``, ``x`` ``[B, *event]`` at
-    ``grid[0]``.
+    ``grid[0]``; ``afs``: the first step uses ``D = 0`` (module docstring).
     """
-    _check_sigmas(grid)
+    _check_sigmas(grid, afs)
     steps = grid.shape[0] - 1
     lambdas: list[Tensor] = []
     history: list[Tensor] = []  # denoised values of the last three steps, oldest first
     for i in range(steps):
         sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = f(x, sigma)
+        denoised = _denoise(f, x, sigma, afs and i == 0)
         lambdas, history = [*lambdas[-2:], -torch.log(sigma)], [*history[-2:], denoised]
         if sigma_next == 0:  # h = ∞: the step returns the denoised value
             x = denoised
@@ -215,6 +234,7 @@ def unipc(
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
     lower_order_final: bool = True,
+    afs: bool = False,
 ) -> Tensor:
     """UniPC-3 with B(h) = e^h − 1 (Zhao et al. 2023, "bh2"), data prediction, one denoiser
     call per step.
@@ -223,13 +243,14 @@ def unipc(
     ``D(x'; σ')`` — the evaluation the next step needs anyway — and corrects ``x'`` with UniC
     through it (Alg. 1), which raises the order by one at no extra NFE; that evaluation (at
     the predicted point) is the history value of ``σ'``. The last step has no corrector; one
-    into σ = 0 returns the last denoised value. ``x`` ``[B, *event]`` at ``grid[0]``.
+    into σ = 0 returns the last denoised value. ``x`` ``[B, *event]`` at ``grid[0]``;
+    ``afs``: ``D = 0`` at ``grid[0]`` (module docstring).
     """
-    _check_sigmas(grid)
+    _check_sigmas(grid, afs)
     steps = grid.shape[0] - 1
     lambdas: list[Tensor] = []
     history: list[Tensor] = []
-    denoised = f(x, grid[0])
+    denoised = _denoise(f, x, grid[0], afs)
     for i in range(steps):
         sigma, sigma_next = grid[i], grid[i + 1]
         lambdas, history = [*lambdas[-2:], -torch.log(sigma)], [*history[-2:], denoised]
@@ -279,21 +300,23 @@ def ipndm(
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
     lower_order_final: bool = True,
+    afs: bool = False,
 ) -> Tensor:
     """iPNDM (Zhang & Chen 2023, §4; Zhou et al. 2024): fourth-order Adams–Bashforth on the
     σ-frame PF-ODE ``dx/dσ = d = (x − D(x; σ))/σ`` (EDM eq. 3), warmed up at orders 1, 2, 3
     from the steps already taken (no Runge–Kutta start), one denoiser call per step. The
     weights are the variable-step ones (:func:`adams_bashforth_weights`), so the order holds on
-    any grid. A last step into σ = 0 returns the denoised value (its Euler step).
-    ``x`` ``[B, *event]`` at ``grid[0]``.
+    any grid (iPNDM-v of Zhou et al. 2024). A last step into σ = 0 returns the denoised value
+    (its Euler step). ``x`` ``[B, *event]`` at ``grid[0]``; ``afs``: the first slope is
+    ``x/σ`` (``D = 0``, module docstring).
     """
-    _check_sigmas(grid)
+    _check_sigmas(grid, afs)
     steps = grid.shape[0] - 1
     times: list[Tensor] = []
     slopes: list[Tensor] = []  # d at the last four grid points, oldest first
     for i in range(steps):
         sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = f(x, sigma)
+        denoised = _denoise(f, x, sigma, afs and i == 0)
         if sigma_next == 0:  # the Euler step into σ = 0 lands on the denoised value
             x = denoised
         else:
@@ -313,8 +336,9 @@ def ipndm(
     return x
 
 
-def _one_per_interval(grid: Tensor) -> int:
-    return grid.shape[0] - 1
+def _one_per_interval(grid: Tensor, *, afs: bool = False, **_: object) -> int:
+    """One denoiser call per interval, less the analytical first step's."""
+    return grid.shape[0] - 1 - int(afs)
 
 
 #: the multistep samplers, registered by :mod:`physgen.builtin`
@@ -326,6 +350,7 @@ SAMPLERS: list[Sampler] = [
         description="DPM-Solver++(2M), 2nd-order multistep in λ = −ln σ (Lu et al. 2022)",
         order=2,
         nfe=_one_per_interval,
+        options={"afs": False},  # analytical first step: D = 0 at σ_max, one NFE fewer
     ),
     Sampler(
         name="dpmpp_3m",
@@ -334,7 +359,8 @@ SAMPLERS: list[Sampler] = [
         description="DPM-Solver++(3M), 3rd-order multistep in λ = −ln σ (Lu et al. 2022)",
         order=3,
         nfe=_one_per_interval,
-        options={"lower_order_final": True},  # orders 2, 1 on the last steps of < 15-step grids
+        # orders 2, 1 on the last steps of < 15-step grids; analytical first step (one NFE fewer)
+        options={"lower_order_final": True, "afs": False},
     ),
     Sampler(
         name="unipc",
@@ -343,7 +369,8 @@ SAMPLERS: list[Sampler] = [
         description="UniPC-3 bh2 predictor + UniC corrector, data prediction (Zhao et al. 2023)",
         order=4,
         nfe=_one_per_interval,
-        options={"lower_order_final": True},  # orders 2, 1 on the last steps of < 15-step grids
+        # orders 2, 1 on the last steps of < 15-step grids; analytical first step (one NFE fewer)
+        options={"lower_order_final": True, "afs": False},
     ),
     Sampler(
         name="ipndm",
@@ -352,6 +379,7 @@ SAMPLERS: list[Sampler] = [
         description="iPNDM, 4th-order Adams–Bashforth on dx/dσ (Zhang & Chen 2023)",
         order=4,
         nfe=_one_per_interval,
-        options={"lower_order_final": True},  # orders 2, 1 on the last steps of < 15-step grids
+        # orders 2, 1 on the last steps of < 15-step grids; analytical first step (one NFE fewer)
+        options={"lower_order_final": True, "afs": False},
     ),
 ]
