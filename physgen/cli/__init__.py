@@ -19,6 +19,7 @@ COMMANDS = {
     "train": ("physgen.cli.train", "train", "Train a process on a dataset; writes a checkpoint."),
     "sample": ("physgen.cli.sample", "sample", "Sample a checkpoint; writes an HDF5 run + PNG."),
     "plugins": ("physgen.cli.plugins", "plugins", "List processes, samplers, networks, datasets."),
+    "bench": ("physgen.cli.bench", "bench", "Train and compare every process; one HDF5 + plots."),
 }
 
 
@@ -49,10 +50,15 @@ class LazyGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             raise UserError(str(err)) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        except OSError as err:  # a file the user named (missing, unwritable, disk full...)
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            raise UserError(f"{err.strerror}: {err.filename}") from None
+            what = err.strerror or str(err) or type(err).__name__
+            raise UserError(f"{what}: {err.filename}" if err.filename else what) from None
+        except ValueError as err:  # os.* refuse a path with a NUL byte before any I/O
+            if "null byte" not in str(err) or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            raise UserError(f"a path contains a NUL byte ({err})") from None
 
 
 class UserError(click.ClickException):

@@ -1,0 +1,290 @@
+"""What a bench file says, for people: a markdown table and PNG plots (matplotlib, Agg).
+
+* ``table.md`` — per dataset, process, sampler and NFE budget: the NFE spent, the steps, each
+  metric (mean over seeds, ± standard deviation with several seeds) and the sampling seconds;
+  the ``data`` rows are the noise floor (a second fresh draw scored like samples); then each
+  model's training steps, final loss and seconds.
+* ``quality-<dataset>-<metric>.png`` — the metric against NFE (log scale), one panel per
+  process, one line per sampler, the noise floor dashed.
+* ``samples-<dataset>.png`` — samples (first seed) over the reference data in grey: one row
+  per process (its first sampler), one column per NFE budget; images as 4×4 tiles.
+* ``loss-<dataset>.png`` — each model's training loss (first seed, running mean), a panel each.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from physgen.bench.store import BenchFile, Cell, read_bench
+from physgen.io import atomic_path
+
+__all__ = ["Report", "report"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The table text and the files written."""
+
+    table: str
+    files: list[Path]
+
+
+def report(path: str | Path, out_dir: str | Path | None = None, *, plots: bool = True) -> Report:
+    """Write ``table.md`` and the plots of the bench file ``path`` into ``out_dir`` (default:
+    the directory named like the file without its suffix); returns the table text."""
+    bench = read_bench(path)
+    out = Path(out_dir) if out_dir is not None else Path(path).with_suffix("")
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(bench)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(table + "\n")
+    files = [out / "table.md"]
+    if plots:
+        for dataset in _datasets(bench):
+            for metric in bench.config["metrics"]:
+                files.append(_quality_plot(bench, dataset, metric, out))
+            files.append(_samples_plot(bench, dataset, out))
+            files.append(_loss_plot(bench, dataset, out))
+    return Report(table, files)
+
+
+# -- the table -------------------------------------------------------------------------------
+
+
+def _datasets(bench: BenchFile) -> list[str]:
+    return [Path(d).stem for d in bench.config["datasets"]]
+
+
+def _labels(bench: BenchFile) -> list[tuple[str, list[str]]]:
+    return [(p["label"], list(p["samplers"])) for p in bench.config["processes"]]
+
+
+def _cells(bench: BenchFile, dataset: str, process: str, sampler: str, budget: int) -> list[Cell]:
+    return [
+        c
+        for c in bench.cells.values()
+        if (c.attrs["dataset"], c.attrs["process"], c.attrs["sampler"], c.attrs["nfe_budget"])
+        == (dataset, process, sampler, budget)
+    ]
+
+
+def _lower_is_better(metric: str) -> bool:
+    from physgen.registry import get_registry
+
+    reg = get_registry()
+    return metric not in reg.names("metrics") or reg.metric(metric).lower_is_better
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}"
+
+
+def markdown_table(bench: BenchFile) -> str:
+    """The cells and trainings of ``bench`` as two markdown tables."""
+    metrics = list(bench.config["metrics"])
+    arrows = [f"{m} {'↓' if _lower_is_better(m) else '↑'}" for m in metrics]
+    head = ["dataset", "process", "sampler", "budget", "NFE", "steps", *arrows, "sample s"]
+    rows = []
+    for dataset in _datasets(bench):
+        floor = [r[1] for k, r in bench.references.items() if r[1]["dataset"] == dataset]
+        if floor:
+            vals = [_stat([f[f"floor.{m}"] for f in floor if f"floor.{m}" in f]) for m in metrics]
+            rows.append([dataset, "data (floor)", "—", "—", "—", "—", *vals, "—"])
+        for label, samplers in _labels(bench):
+            for sampler in samplers:
+                for budget in bench.config["nfe"]:
+                    cells = _cells(bench, dataset, label, sampler, budget)
+                    if not cells:
+                        continue
+                    a = cells[0].attrs
+                    vals = [_stat([c.metrics[m] for c in cells if m in c.metrics]) for m in metrics]
+                    wall = _stat([float(c.attrs["wall_seconds"]) for c in cells])
+                    row = [dataset, label, sampler, str(budget), str(a["nfe"]), str(a["steps"])]
+                    rows.append([*row, *vals, wall])
+    train_head = ["dataset", "process", "teacher", "steps", "final loss", "train s"]
+    train_rows = []
+    for dataset in _datasets(bench):
+        for label, _ in _labels(bench):
+            runs = [t for t in bench.training.values()
+                    if (t.attrs["dataset"], t.attrs["process"]) == (dataset, label)]  # fmt: skip
+            if runs:
+                a = runs[0].attrs
+                train_rows.append([
+                    dataset, label, a.get("teacher") or "—", str(a["steps"]),
+                    _stat([float(t.attrs["final_loss"]) for t in runs]),
+                    _stat([float(t.attrs["wall_seconds"]) for t in runs]),
+                ])  # fmt: skip
+    return _md(head, rows) + "\n\n" + _md(train_head, train_rows)
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *map(line, rows)])
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _plt()
+    top = 1 - 0.4 / fig.get_size_inches()[1]  # room for the suptitle
+    fig.tight_layout(rect=(0, 0, 1, top))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def _grid(n: int, cols: int) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    return math.ceil(n / cols), cols
+
+
+def _quality_plot(bench: BenchFile, dataset: str, metric: str, out: Path) -> Path:
+    plt = _plt()
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    labels = _labels(bench)
+    rows, cols = _grid(len(labels), 4)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), dpi=100,
+                             sharex=True, sharey=True, squeeze=False)  # fmt: skip
+    floor = [r[1].get(f"floor.{metric}") for r in bench.references.values()
+             if r[1]["dataset"] == dataset]  # fmt: skip
+    floor_v = [float(f) for f in floor if f is not None]
+    values: list[float] = []
+    for ax, (label, samplers) in zip(axes.flat, labels, strict=False):
+        for i, sampler in enumerate(samplers):
+            pts = defaultdict(list)
+            for c in bench.cells.values():
+                a = c.attrs
+                if (a["dataset"], a["process"], a["sampler"]) == (dataset, label, sampler):
+                    pts[int(a["nfe"])].append(c.metrics.get(metric, math.nan))
+            if pts:
+                x = sorted(pts)
+                y = [float(np.mean(pts[k])) for k in x]
+                values += y
+                ax.plot(x, y, marker="os^dv"[i % 5], label=sampler)
+        if floor_v:
+            ax.axhline(float(np.mean(floor_v)), color="0.5", ls="--", lw=1, label="data floor")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(bench.config["nfe"]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[len(labels) :]:
+        ax.set_visible(False)
+    finite = [v for v in values + floor_v if math.isfinite(v)]
+    if finite and min(finite) > 0:
+        axes[0, 0].set_yscale("log")
+    elif finite and max(map(abs, finite)) > 0:  # signed (unbiased MMD): linear within the
+        noise = max(abs(v) for v in finite if v <= 0) or 1e-3  # noise its negatives show
+        axes[0, 0].set_yscale("symlog", linthresh=10 ** math.ceil(math.log10(noise)))
+    for ax in axes[-1]:
+        ax.set_xlabel("NFE")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(metric)
+    better = "lower" if _lower_is_better(metric) else "higher"
+    fig.suptitle(f"{metric} vs NFE on {dataset} ({better} is better)", fontsize=11)
+    return _save(fig, out / f"quality-{dataset}-{metric}.png")
+
+
+def _samples_plot(bench: BenchFile, dataset: str, out: Path) -> Path:
+    plt = _plt()
+    labels = _labels(bench)
+    budgets = list(bench.config["nfe"])
+    seed = bench.config["seeds"][0]
+    ref = bench.references.get(f"{dataset}.s{seed}")
+    fig, axes = plt.subplots(len(labels), len(budgets), dpi=90, squeeze=False,
+                             figsize=(1.9 * len(budgets), 1.9 * len(labels)))  # fmt: skip
+    lim = _limit(ref[0] if ref is not None else None)
+    for r, (label, samplers) in enumerate(labels):
+        for c, budget in enumerate(budgets):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cells = [x for x in _cells(bench, dataset, label, samplers[0], budget)
+                     if x.attrs["seed"] == seed]  # fmt: skip
+            if cells:
+                _draw(ax, cells[0].samples, None if ref is None else ref[0], lim)
+                ax.set_title(f"NFE {cells[0].attrs['nfe']}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{label}\n{samplers[0]}", fontsize=8)
+    fig.suptitle(f"samples on {dataset} (seed {seed}; grey: held-out data)", fontsize=10)
+    return _save(fig, out / f"samples-{dataset}.png")
+
+
+def _limit(ref: np.ndarray | None) -> float:
+    if ref is None or ref.ndim != 2:
+        return 3.0
+    return float(np.quantile(np.abs(ref[:, :2]), 0.995)) * 1.3
+
+
+def _draw(ax: Any, x: np.ndarray, ref: np.ndarray | None, lim: float) -> None:
+    if x.ndim == 4 and x.shape[1] in (1, 3):  # images [n, C, H, W]: a 4 × 4 tile
+        k = min(4, math.isqrt(len(x)))
+        tiles = np.clip((x[: k * k] + 1) / 2, 0, 1).transpose(0, 2, 3, 1)
+        h, w = tiles.shape[1:3]
+        mosaic = tiles.reshape(k, k, h, w, -1).transpose(0, 2, 1, 3, 4).reshape(k * h, k * w, -1)
+        ax.imshow(mosaic.squeeze(-1) if mosaic.shape[-1] == 1 else mosaic, cmap="gray")
+        return
+    s = x.reshape(len(x), -1)
+    if ref is not None:
+        r = ref.reshape(len(ref), -1)
+        ax.scatter(r[:, 0], r[:, 1 % r.shape[1]], s=0.5, c="0.8", rasterized=True)
+    ax.scatter(s[:, 0], s[:, 1 % s.shape[1]], s=0.5, c="C0", rasterized=True)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+
+
+def _loss_plot(bench: BenchFile, dataset: str, out: Path) -> Path:
+    plt = _plt()
+    seed = bench.config["seeds"][0]
+    curves = {
+        t.attrs["process"]: t.loss
+        for t in bench.training.values()
+        if t.attrs["dataset"] == dataset and t.attrs["seed"] == seed and len(t.loss)
+    }
+    order = [label for label, _ in _labels(bench) if label in curves] or ["(none)"]
+    rows, cols = _grid(len(order), 4)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), dpi=100,
+                             sharex=True, squeeze=False)  # fmt: skip
+    for ax, label in zip(axes.flat, order, strict=False):
+        v = np.asarray(curves.get(label, []), dtype=np.float64)
+        k = max(1, len(v) // 50)
+        smooth = np.convolve(v, np.ones(k) / k, mode="valid") if len(v) >= k else v
+        ax.plot(np.arange(len(smooth)) + k - 1, smooth, color="C0", lw=1)
+        if len(smooth) and (smooth > 0).all():
+            ax.set_yscale("log")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[len(order) :]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    fig.suptitle(f"training loss on {dataset} (seed {seed}, running mean)", fontsize=11)
+    return _save(fig, out / f"loss-{dataset}.png")
