@@ -90,6 +90,27 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
             assert torch.equal(value, s2["state"][k][name]), name
 
 
+@pytest.mark.parametrize("first_bytes", [b"\x80", b"PK"])
+def test_checkpoint_whose_header_length_looks_like_a_pickle_or_zip(
+    tmp_path: Path, first_bytes: bytes
+) -> None:
+    """The header length is little-endian: some lengths start with a pickle's or a zip's
+    magic bytes. Grow the metadata until one does; the checkpoint must still load."""
+    path = tmp_path / "ck.safetensors"
+    _save(path, meta={"step": 7, "pad": ""})
+    base = int.from_bytes(path.read_bytes()[:8], "little")
+    modulus = 256 ** len(first_bytes)
+    target = int.from_bytes(first_bytes, "little")
+    pad = (target - base) % modulus  # one metadata character adds one header byte
+    for extra in range(-8, 9):  # safetensors aligns the header; search the neighbourhood
+        _save(path, meta={"step": 7, "pad": "x" * max(pad + extra, 0)})
+        if path.read_bytes()[: len(first_bytes)] == first_bytes:
+            break
+    else:
+        pytest.fail(f"no padding gave a header length starting with {first_bytes!r}")
+    assert load_checkpoint_file(path).step == 7
+
+
 def test_checkpoint_with_shared_storage(tmp_path: Path) -> None:
     """Tied weights (two keys, one storage) are stored; safetensors alone would refuse."""
     net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))

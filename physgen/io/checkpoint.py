@@ -172,12 +172,15 @@ def _read_header(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(8)
-            if head[:2] == b"PK":
+            # A safetensors header length can begin with b"PK" or b"\x80" too; its JSON
+            # always opens with "{", which neither a zip nor a pickle has at byte 8.
+            safetensors_like = f.read(1) == b"{"
+            if head[:2] == b"PK" and not safetensors_like:
                 raise CheckpointError(
                     f"{path}: a zip archive (torch.save output?), not a safetensors "
                     "checkpoint; refused without unpickling"
                 )
-            if head[:1] == b"\x80":
+            if head[:1] == b"\x80" and not safetensors_like:
                 raise CheckpointError(
                     f"{path}: a pickle, not a safetensors checkpoint; refused without unpickling"
                 )
@@ -188,6 +191,7 @@ def _read_header(path: Path) -> dict[str, Any]:
                 raise CheckpointError(f"{path}: not a safetensors checkpoint")
             if 8 + n > size:
                 raise CheckpointError(f"{path}: truncated checkpoint (header cut off)")
+            f.seek(8)
             header = json.loads(f.read(n))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
