@@ -1,5 +1,9 @@
 """The step loop of :func:`physgen.training.train`: loss syncs every ``log_every`` steps,
-checkpoints, and Ctrl-C turned into a checkpoint at a clean step boundary."""
+checkpoints, Ctrl-C turned into a checkpoint at a clean step boundary, and the per-step
+seeding of torch's global generator for layers that cannot take a generator (dropout).
+
+SplitMix64: Steele, Lea, Flood. Fast Splittable Pseudorandom Number Generators. OOPSLA 2014.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,53 @@ from tqdm.auto import tqdm
 from physgen.distributed import mean_over_ranks
 from physgen.errors import TrainingError
 
-__all__ = ["Loop"]
+__all__ = ["Loop", "global_rng_base", "seeded_global_rng"]
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_GLOBAL_RNG_KEY = 0x676C6F62  # "glob": keeps these streams apart from the data/noise seeds
+
+
+def global_rng_base(seed: int, shard: int) -> int:
+    """The 64-bit base of shard ``shard``'s per-step global-RNG seeds."""
+    key = (_GLOBAL_RNG_KEY, shard)
+    return int(np.random.SeedSequence(seed, spawn_key=key).generate_state(1, np.uint64)[0])
+
+
+def _step_seed(base: int, step: int) -> int:
+    """Element ``step`` of the SplitMix64 stream from ``base`` (Steele et al. 2014, Fig. 1:
+    state += γ, then the mix13 finaliser), 63 bits. A function of (base, step) alone, so a
+    resumed run needs no extra state and no device sync to find it."""
+    z = (base + (step + 1) * _GOLDEN_GAMMA) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+@contextlib.contextmanager
+def seeded_global_rng(base: int, step: int, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's global generators (CPU and ``device``'s) seeded from
+    (``base``, ``step``), and restore their previous states afterwards.
+
+    Dropout (``torch.nn.functional.dropout``) draws from the global generator and takes no
+    other; seeding it per step makes a step's masks a function of the run's seed and the step,
+    so resume is exact, and the caller's global RNG is left as it was.
+    """
+    if device.type == "meta":
+        yield
+        return
+    seed = _step_seed(base, step)
+    accelerator = device.type != "cpu"
+    devices = [device] if accelerator else []
+    with torch.random.fork_rng(devices, device_type=device.type if accelerator else None):
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: every device, slow
+        if accelerator:  # the manual_seed of cuda/xpu/mps seeds the current device
+            module: Any = torch.get_device_module(device.type)
+            select: Any = getattr(module, "device", None)
+            pinned = device.index is not None and select is not None
+            with select(device) if pinned else contextlib.nullcontext():
+                module.manual_seed(seed)
+        yield
 
 
 @dataclass

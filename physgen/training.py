@@ -4,9 +4,12 @@ exact resume.
 One step: draw ``batch_size`` indices with replacement from the data generator, ask the
 process for the per-example loss (its own noise comes from a second generator), take the
 mean, clip the gradient norm, step Adam, update the EMA, call ``process.after_step``.
-Nothing touches the global RNG, so the two generator states, the weights, the EMA, the
-optimizer and the process state are the whole training state: a run interrupted at step k
-and resumed from its checkpoint reproduces the uninterrupted loss curve bitwise on the CPU.
+Layers that can only draw from torch's global RNG (dropout) get it seeded from (seed, shard,
+step) for the forward and backward of each shard, inside ``torch.random.fork_rng``, so the
+caller's global RNG state is left unchanged. The two generator states, the weights, the EMA,
+the optimizer and the process state are therefore the whole training state: a run
+interrupted at step k and resumed from its checkpoint reproduces the uninterrupted loss curve
+bitwise on the CPU, with dropout too.
 
 The loop never syncs with the device per step: losses stay on the device and are copied to
 the host every ``log_every`` steps (and before every checkpoint), where they are checked for
@@ -43,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from physgen._train_loop import Loop
+from physgen._train_loop import Loop, global_rng_base, seeded_global_rng
 from physgen.distributed import all_gather_objects, barrier, dist_info
 from physgen.errors import CheckpointError, ConfigError, DataError
 from physgen.io import (
@@ -150,6 +153,7 @@ class _Trainer:
         per_rank = shards // self.info.world_size
         self.shard_ids = list(range(self.info.rank * per_rank, (self.info.rank + 1) * per_rank))
         self.loss_gens = [_generator(_shard_seed(seed, s), x.device) for s in self.shard_ids]
+        self.rng_bases = [global_rng_base(seed, s) for s in self.shard_ids]  # dropout
 
     @staticmethod
     def _pairs(dst: Iterator[Tensor], src: Iterator[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
@@ -168,15 +172,19 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         per, count = self.batch_size // self.shards, len(self.shard_ids)
         total = torch.zeros((), device=self.x.device)
-        for j, (shard, gen) in enumerate(zip(self.shard_ids, self.loss_gens, strict=True)):
+        shards = zip(self.shard_ids, self.loss_gens, self.rng_bases, strict=True)
+        for j, (shard, gen, base) in enumerate(shards):
             rows = slice(shard * per, (shard + 1) * per)
             c = cond[rows] if cond is not None else None
             last = j == count - 1  # DDP all-reduces with the last local shard's backward
-            with self._no_sync(not last), self._autocast():
-                loss = self.process.loss(self.fwd_net, y[rows], cond=c, step=step, generator=gen)
-                loss = loss.float().mean()
-            with self._no_sync(not last):
-                (loss if count == 1 else loss / count).backward()
+            with seeded_global_rng(base, step, self.x.device):
+                with self._no_sync(not last), self._autocast():
+                    loss = self.process.loss(
+                        self.fwd_net, y[rows], cond=c, step=step, generator=gen
+                    )
+                    loss = loss.float().mean()
+                with self._no_sync(not last):
+                    (loss if count == 1 else loss / count).backward()
             total = total + loss.detach()
         loss = total if count == 1 else total / count
         if self.grad_clip is not None:
