@@ -214,7 +214,7 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, str], str]] = [
      "'--steps': 'many' is not a valid integer"),
     ("env lr NaN", TRAIN, {"PHYSGEN_TRAIN_LR": "nan"}, "lr must be finite and > 0"),
     ("env flag not a bool", TRAIN, {"PHYSGEN_TRAIN_RESUME": "maybe"}, "'maybe' is not a valid"),
-    ("env unknown sampler", SAMPLE, {"PHYSGEN_SAMPLE_SAMPLER_NAME": "nope"},
+    ("env unknown sampler", SAMPLE, {"PHYSGEN_SAMPLE_SAMPLER": "nope"},
      "unknown sampler 'nope'"),
     ("plugin disabled by env", (*TRAIN, "-p", "edm"), {"PHYSGEN_DISABLE_PLUGINS": "diffusion"},
      "unknown process 'edm'"),

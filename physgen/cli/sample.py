@@ -41,7 +41,6 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
 @click.option(
     "--sampler",
     "-s",
-    "sampler_name",
     default="heun",
     show_default=True,
     help="Sampler name (see `physgen plugins`).",
@@ -149,7 +148,7 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
 def sample(
     ctx: click.Context,
     checkpoint: str,
-    sampler_name: str,
+    sampler: str,
     steps: int,
     num_samples: int,
     sampler_options: tuple[str, ...],
@@ -172,7 +171,7 @@ def sample(
     from physgen.cli.run import run_sample
 
     ckpt = Path(checkpoint)
-    out_path = Path(out) if out else ckpt.parent / f"samples-{sampler_name}-{steps}.h5"
+    out_path = Path(out) if out else ckpt.parent / f"samples-{sampler}-{steps}.h5"
     if out_path.suffix not in (".h5", ".hdf5"):
         from physgen.errors import ConfigError
 
@@ -181,7 +180,7 @@ def sample(
     run_sample(
         checkpoint=ckpt,
         out_path=out_path,
-        sampler=sampler_name,
+        sampler=sampler,
         steps=steps,
         n=num_samples,
         sampler_options=parse_pairs(sampler_options, "--opt"),
