@@ -69,7 +69,10 @@ BAD = [
     ('processes = ["edm"]\n[process.edm]\noptions = { foo = 1 }', "process.edm.options: "),
     ('processes = ["edm"]\n[process.cfm]\nsamplers = ["heun"]', "process.cfm: 'cfm' is not listed"),
     ('processes = ["cd"]\n[process.cd]\nteacher = "edm"', "'edm' is not a process of this suite"),
-    ('processes = ["edm"]\n[process.edm]\nteacher = "edm"', "process 'edm' has no teacher option"),
+    (
+        'processes = ["edm"]\n[process.edm]\nteacher = "edm"',
+        "process 'edm' has no teacher or pairs option",
+    ),
     ('processes = ["cd"]', "process 'cd' needs a teacher"),
     ('processes = ["edm"]\n[process.edm]\nsamplers = "heun"', "process.edm.samplers must be"),
     ("nfe = [4", "not valid TOML"),
@@ -107,7 +110,10 @@ def test_builtin_suite_skips_unmet_needs_with_a_note_and_round_trips(tmp_path: P
     kept = {p.label for p in suite.processes}
     noted = {n.split()[1].rstrip(":") for n in suite.notes}
     assert kept | noted == names and not kept & noted
-    assert "rectified" in noted  # needs a reflow pair file, which a 2-D suite does not have
+    assert suite.process("rectified").teacher == "cfm"  # reflow: 2-rectified from I-CFM
+    assert [p.label for p in suite.processes].index("cfm") < [
+        p.label for p in suite.processes
+    ].index("rectified")
     (tmp_path / "shown.toml").write_text(suite.to_toml())  # what --show-suite prints
     assert load_suite(tmp_path / "shown.toml").to_dict() == suite.to_dict()
 
@@ -144,6 +150,26 @@ def test_budget_below_one_step_is_reported() -> None:
 
 
 # -- end to end ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rectified_trains_on_its_teachers_reflow_pairs(tmp_path: Path) -> None:
+    """A rectified-flow cell reflows its teacher (Liu et al. 2023): its training data is the
+    teacher's ODE end points, stored beside the checkpoints. At NFE 1 only dpmpp_2m runs (one
+    Heun step costs 2 NFE)."""
+    from physgen.reflow import load_pairs
+
+    (tmp_path / "r.toml").write_text(TINY.replace('["edm", "cd"]', '["cfm", "rectified"]')
+                                     .replace("[process.cd]\noptions = { num_scales = 6 }\n", "")
+                                     .replace("nfe = [1, 4]", "nfe = [1]"))  # fmt: skip
+    run_bench(load_suite(tmp_path / "r.toml"), tmp_path / "r.h5", progress=False,
+              echo=lambda s: None)  # fmt: skip
+    bench = read_bench(tmp_path / "r.h5")
+    assert bench.training["moons.rectified.s0"].attrs["teacher"] == "cfm"
+    (pairs,) = (tmp_path / "r" / "checkpoints").glob("moons.rectified.s0.*.pairs.npz")
+    (z, x), meta = load_pairs(pairs)
+    assert x.shape == z.shape == (512, 2) and meta["teacher_process"]["name"] == "cfm"
+    assert set(bench.cells) == {"moons.cfm.s0.dpmpp_2m.nfe1", "moons.rectified.s0.dpmpp_2m.nfe1"}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from physgen.bench.suite import (
+    PREFERRED_REFLOW_TEACHERS,
     PREFERRED_SAMPLERS,
     PREFERRED_TEACHERS,
     ProcessSpec,
@@ -82,8 +83,10 @@ def _process(label: str, table: dict[str, Any], suite: Suite) -> ProcessSpec:
     teacher = table.get("teacher")
     if teacher is not None and not isinstance(teacher, str):
         raise ConfigError(f"{where}.teacher must be a process label, got {teacher!r}")
-    if teacher is not None and "teacher" not in fields:
-        raise ConfigError(f"{where}.teacher: process {name!r} has no teacher option")
+    if teacher is not None and not fields & {"teacher", "pairs"}:
+        raise ConfigError(f"{where}.teacher: process {name!r} has no teacher or pairs option")
+    if "pairs" in options:
+        raise ConfigError(f"{where}.options: set teacher = LABEL (reflow pairs are generated)")
     if "teacher" in options:
         raise ConfigError(f"{where}.options: set teacher = LABEL in the table, not as an option")
     try:
@@ -105,7 +108,7 @@ def _preflight(spec: ProcessSpec, suite: Suite) -> None:
     from physgen.data import load_dataset
     from physgen.errors import PhysgenError
 
-    if spec.teacher is not None or "teacher" in _option_names(spec.name):
+    if spec.teacher is not None or _teacher_kind(spec.name) is not None:
         return
     try:
         data = load_dataset(suite.datasets[0], 8, seed=0)
@@ -117,6 +120,13 @@ def _preflight(spec: ProcessSpec, suite: Suite) -> None:
             process.loss(net, data.x, generator=torch.Generator().manual_seed(0))
     except PhysgenError as err:
         raise ConfigError(f"process {spec.label!r}: {err}") from None
+
+
+def _teacher_kind(name: str) -> str | None:
+    """``"distil"`` for a process with a ``teacher`` option, ``"reflow"`` for one that trains
+    on reflow pairs (a ``pairs`` option), else None."""
+    fields = _option_names(name)
+    return "distil" if "teacher" in fields else "reflow" if "pairs" in fields else None
 
 
 def _option_names(name: str) -> set[str]:
@@ -164,8 +174,9 @@ def _sampler_ok(name: str) -> bool:
 
 
 def _resolve_teachers(specs: list[ProcessSpec], every: bool, notes: list[str]) -> list[ProcessSpec]:
-    """Fill default teachers, check each names a suite process with a denoiser view, and order
-    the processes so that every teacher trains before its students."""
+    """Fill default teachers, check each names a suite process with the view its student needs
+    (a denoiser to distil, an ODE to reflow), and order the processes so that every teacher
+    trains before its students."""
     from physgen.registry import get_registry
 
     reg = get_registry()
@@ -173,8 +184,10 @@ def _resolve_teachers(specs: list[ProcessSpec], every: bool, notes: list[str]) -
     resolved: dict[str, ProcessSpec] = {}
     for p in specs:
         teacher = p.teacher
-        if teacher is None and "teacher" in _option_names(p.name):
-            teacher = next((t for t in PREFERRED_TEACHERS if t in by_label), None)
+        kind = _teacher_kind(p.name)
+        if teacher is None and kind is not None:
+            prefer = PREFERRED_TEACHERS if kind == "distil" else PREFERRED_REFLOW_TEACHERS
+            teacher = next((t for t in prefer if t in by_label), None)
             if teacher is None:
                 msg = f"process {p.label!r} needs a teacher: set [process.{p.label}] teacher"
                 if not every:
@@ -186,8 +199,9 @@ def _resolve_teachers(specs: list[ProcessSpec], every: bool, notes: list[str]) -
             if teacher not in by_label:
                 known = ", ".join(by_label)
                 raise ConfigError(f"{where}: {teacher!r} is not a process of this suite ({known})")
-            if "denoiser" not in reg.process(by_label[teacher].name).cls.views():
-                raise ConfigError(f"{where}: {teacher!r} has no denoiser view to distil")
+            view = "denoiser" if kind == "distil" else "ode"
+            if view not in reg.process(by_label[teacher].name).cls.views():
+                raise ConfigError(f"{where}: {teacher!r} has no {view} view to learn from")
         resolved[p.label] = dataclasses.replace(p, teacher=teacher)
     ordered: list[ProcessSpec] = []
     for label in resolved:

@@ -228,6 +228,7 @@ class _Runner:
     def _trained(self, p: ProcessSpec, run: str, label: str, seed: int, data: _Data) -> Path | None:
         """The model's checkpoint, training it first (or finishing its training) if needed."""
         from physgen.api import get_network, get_process
+        from physgen.data import load_dataset
         from physgen.io import load_checkpoint_file
         from physgen.training import describe, train
 
@@ -237,23 +238,30 @@ class _Runner:
                 raise CheckpointError(f"{ckpt} of a finished model is missing; pass --overwrite")
             return ckpt
         options = dict(p.options)
+        train_data = data.train
         if p.teacher is not None:
-            options["teacher"] = str(self._checkpoint(f"{label}.{p.teacher}.s{seed}"))
+            teacher = self._checkpoint(f"{label}.{p.teacher}.s{seed}")
+            if "pairs" in get_process(p.name, **options).options_dict():
+                pairs = self._reflow_pairs(run, teacher, seed)
+                options["pairs"] = str(pairs)
+                train_data = load_dataset(str(pairs), self.suite.n_data)
+            else:
+                options["teacher"] = str(teacher)
         process = get_process(p.name, **options)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same initial weights for every process of this seed
-            net = get_network(self.suite.network, data.train.event_shape, 0,
+            net = get_network(self.suite.network, train_data.event_shape, 0,
                               **self.suite.network_config)  # fmt: skip
         b = self.suite.train
         resumed = ckpt.is_file()
         start = load_checkpoint_file(ckpt).step if resumed else 0
         try:
             res = train(
-                process, net.to(self.device), data.train, steps=b.steps,
+                process, net.to(self.device), train_data, steps=b.steps,
                 batch_size=b.batch_size, lr=b.lr, ema_decay=b.ema,
                 grad_clip=b.grad_clip or None, seed=seed, device=self.device, checkpoint=ckpt,
                 checkpoint_every=max(100, b.steps // 5), resume=resumed,
-                meta=describe(process, net, data.train), progress=self.progress,
+                meta=describe(process, net, train_data), progress=self.progress,
             )  # fmt: skip
         except TrainingError as err:
             self.note(f"{run}: training failed ({err}); its cells are left out")
@@ -279,6 +287,17 @@ class _Runner:
         self.done = store.read_bench(self.out, samples=False)
         self.result.trained += 1
         return ckpt
+
+    def _reflow_pairs(self, run: str, teacher: Path, seed: int) -> Path:
+        """The reflow pairs ``(z, ODE(z))`` of ``teacher`` for ``run`` (Liu et al. 2023),
+        generated once (dopri5) and written atomically beside the checkpoints."""
+        from physgen.reflow import reflow_dataset
+
+        path = self.ckpt_dir / f"{run}.{self.tag}.pairs.npz"
+        if not path.is_file():
+            reflow_dataset(teacher, self.suite.n_data, seed=seed + 1_000_003, out_path=path,
+                           device=self.device)  # fmt: skip
+        return path
 
     def _sample(
         self, p: ProcessSpec, run: str, label: str, seed: int, ckpt: Path,

@@ -63,8 +63,11 @@ __all__ = ["DEFAULT_METRICS", "ProcessSpec", "Suite", "TrainBudget", "load_suite
 DEFAULT_METRICS = ("sliced_w2", "mmd")
 #: Sampler preference for a process without a list: the first two it can serve.
 PREFERRED_SAMPLERS = ("dpmpp_2m", "heun", "consistency", "ancestral", "euler")
-#: Teacher preference for a process with a ``teacher`` option and none given.
+#: Teacher preference for a process with a ``teacher`` option (distillation) and none given.
 PREFERRED_TEACHERS = ("edm",)
+#: Teacher preference for a process with a ``pairs`` option (reflow: it trains on the pairs
+#: ``(z, ODE(z))`` of its teacher, Liu et al. 2023) and none given: 1-rectified flow is I-CFM.
+PREFERRED_REFLOW_TEACHERS = ("cfm", "otcfm", "edm")
 
 _TOP = {
     "datasets", "processes", "samplers", "nfe", "seeds", "n_data", "n_samples", "metrics",
