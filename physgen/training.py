@@ -9,7 +9,9 @@ step) for the forward and backward of each shard, inside ``torch.random.fork_rng
 caller's global RNG state is left unchanged. The two generator states, the weights, the EMA,
 the optimizer and the process state are therefore the whole training state: a run
 interrupted at step k and resumed from its checkpoint reproduces the uninterrupted loss curve
-bitwise on the CPU, with dropout too.
+bitwise on the CPU, with dropout too. The state and its step live in
+:mod:`physgen._trainer`, the step loop in :mod:`physgen._train_loop`; this module checks the
+options, writes and reads the checkpoints and drives both.
 
 The loop never syncs with the device per step: losses stay on the device and are copied to
 the host every ``log_every`` steps (and before every checkpoint), where they are checked for
@@ -34,10 +36,7 @@ original module's weights; ``channels_last`` for image data; ``shards`` and DDP
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from physgen._train_loop import Loop, global_rng_base, seeded_global_rng
+from physgen._train_loop import Loop
+from physgen._trainer import Trainer, rng_key
 from physgen.distributed import all_gather_objects, barrier, dist_info
 from physgen.errors import CheckpointError, ConfigError, DataError
 from physgen.io import (
@@ -81,39 +81,6 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-def _seeds(seed: int) -> tuple[int, int]:
-    """Two independent 63-bit seeds (data order, process noise) from one user seed."""
-    a, b = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
-    return int(a) >> 1, int(b) >> 1
-
-
-def _shard_seed(seed: int, shard: int) -> int:
-    """The noise seed of shard ``shard``; shard 0 keeps the one-process seed."""
-    if shard == 0:
-        return _seeds(seed)[1]
-    state = np.random.SeedSequence(seed, spawn_key=(shard,)).generate_state(1, dtype=np.uint64)
-    return int(state[0]) >> 1
-
-
-def _rng_key(shard: int) -> str:
-    return "loss" if shard == 0 else f"loss{shard}"
-
-
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
-
-
-def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Fused Adam (one kernel over all parameters) where this torch and device have it, which
-    pays for the clipping and EMA that a bare loop skips; the plain Adam otherwise."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.Adam(params, lr=lr)
-
-
 def _module_device(net: nn.Module) -> torch.device:
     p = next(iter(net.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
@@ -124,97 +91,8 @@ def _options(process: Any) -> dict[str, Any]:
     return options_dict() if callable(options_dict) else {}
 
 
-class _Trainer:
-    """The training state and one step of it; :func:`train` drives the loop."""
-
-    def __init__(
-        self, process: Any, net: nn.Module, x: Tensor, labels: Tensor | None, *,
-        batch_size: int, lr: float, ema_decay: float, grad_clip: float | None, seed: int,
-        label_dropout: float = 0.0, shards: int = 1, precision: str = "fp32",
-        compile: bool = False,
-    ):  # fmt: skip
-        self.process, self.net, self.x, self.labels = process, net, x, labels
-        self.batch_size, self.ema_decay, self.grad_clip = batch_size, ema_decay, grad_clip
-        self.label_dropout, self.shards, self.precision = label_dropout, shards, precision
-        self.info = dist_info()
-        self.ddp: nn.Module | None = None
-        self.fwd_net: Any = net  # what the loss calls; self.net is what checkpoints hold
-        if self.info.enabled:  # DDP broadcasts rank 0's weights, so the EMA copy comes after
-            ids = [x.device.index] if x.device.type == "cuda" else None
-            self.fwd_net = self.ddp = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        if compile:
-            self.fwd_net = torch.compile(self.fwd_net)
-        self.ema = copy.deepcopy(net).float().eval().requires_grad_(False)
-        self.params = [p for p in net.parameters() if p.requires_grad]
-        self.optimizer = _adam(self.params, lr)
-        self._ema_pairs = self._pairs(self.ema.parameters(), net.parameters())
-        self._buffer_pairs = self._pairs(self.ema.buffers(), net.buffers())
-        self.data_gen = _generator(_seeds(seed)[0], x.device)
-        per_rank = shards // self.info.world_size
-        self.shard_ids = list(range(self.info.rank * per_rank, (self.info.rank + 1) * per_rank))
-        self.loss_gens = [_generator(_shard_seed(seed, s), x.device) for s in self.shard_ids]
-        self.rng_bases = [global_rng_base(seed, s) for s in self.shard_ids]  # dropout
-
-    @staticmethod
-    def _pairs(dst: Iterator[Tensor], src: Iterator[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        return [t.detach() for t in dst], [t.detach() for t in src]
-
-    def step(self, step: int) -> Tensor:
-        """One optimisation step; returns the (device) mean loss, detached."""
-        idx = torch.randint(
-            self.x.shape[0], (self.batch_size,), generator=self.data_gen, device=self.x.device
-        )
-        y = self.x.index_select(0, idx)
-        cond = self.labels.index_select(0, idx) if self.labels is not None else None
-        if cond is not None and self.label_dropout > 0:  # p_uncond, Ho & Salimans 2022 Alg. 1
-            u = torch.rand(self.batch_size, generator=self.data_gen, device=self.x.device)
-            cond = cond.masked_fill(u < self.label_dropout, -1)
-        self.optimizer.zero_grad(set_to_none=True)
-        per, count = self.batch_size // self.shards, len(self.shard_ids)
-        total = torch.zeros((), device=self.x.device)
-        shards = zip(self.shard_ids, self.loss_gens, self.rng_bases, strict=True)
-        for j, (shard, gen, base) in enumerate(shards):
-            rows = slice(shard * per, (shard + 1) * per)
-            c = cond[rows] if cond is not None else None
-            last = j == count - 1  # DDP all-reduces with the last local shard's backward
-            with seeded_global_rng(base, step, self.x.device):
-                with self._no_sync(not last), self._autocast():
-                    loss = self.process.loss(
-                        self.fwd_net, y[rows], cond=c, step=step, generator=gen
-                    )
-                    loss = loss.float().mean()
-                with self._no_sync(not last):
-                    (loss if count == 1 else loss / count).backward()
-            total = total + loss.detach()
-        loss = total if count == 1 else total / count
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
-        self._update_ema(step)
-        self.process.after_step(self.net, step)
-        return loss
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.x.device.type, dtype=torch.bfloat16)
-
-    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager[Any]:
-        if skip and self.ddp is not None:
-            return self.ddp.no_sync()  # type: ignore[operator]
-        return contextlib.nullcontext()
-
-    def _update_ema(self, step: int) -> None:
-        ema, net = self._ema_pairs
-        if ema and ema[0].dtype != net[0].dtype:
-            net = [t.float() for t in net]
-        # Warm-up min(decay, (1 + k)/(10 + k)) (as TensorFlow's ExponentialMovingAverage with
-        # num_updates): early weights, starting from a zero-output network, fade out quickly
-        # instead of lingering (0.999 over 2000 steps would keep 13.5% of the initial net).
-        decay = min(self.ema_decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(ema, net, 1.0 - decay)
-        if self._buffer_pairs[0]:
-            torch._foreach_copy_(*self._buffer_pairs)
+class _Trainer(Trainer):
+    """The training state with its checkpoint: :meth:`save` and :meth:`restore`."""
 
     def save(
         self, path: Path, step: int, losses: np.ndarray, meta: dict[str, Any],
@@ -224,7 +102,7 @@ class _Trainer:
         generator states)."""
         rng = {"data": self.data_gen.get_state()}
         pairs = zip(self.shard_ids, self.loss_gens, strict=True)
-        local = {_rng_key(s): g.get_state() for s, g in pairs}
+        local = {rng_key(s): g.get_state() for s, g in pairs}
         for states in all_gather_objects(local):
             rng.update(states)
         if not self.info.is_main:
@@ -260,7 +138,7 @@ class _Trainer:
         try:
             self.data_gen.set_state(raw.rng["data"])
             for shard, gen in zip(self.shard_ids, self.loss_gens, strict=True):
-                gen.set_state(raw.rng[_rng_key(shard)])
+                gen.set_state(raw.rng[rng_key(shard)])
         except (KeyError, RuntimeError) as err:
             raise CheckpointError(f"{path}: unusable generator state ({err})") from None
         losses = raw.extra.get("losses", torch.zeros(0)).numpy()

@@ -33,11 +33,8 @@ next run. Presence is completion: a group or dataset exists only once fully writ
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import platform
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,8 +45,9 @@ import h5py
 import numpy as np
 
 from physgen.errors import CheckpointError, ConfigError
-from physgen.io import RunWriter, atomic_path
-from physgen.io.runs import _git_commit
+from physgen.io import RunWriter, atomic_path, git_commit
+from physgen.io._common import decode_attr, first_line, now
+from physgen.io.atomic import remove_stale as remove_stale  # the runner's, before a first write
 
 __all__ = ["BenchFile", "Cell", "TrainingRun", "append", "create", "read_bench"]
 
@@ -57,17 +55,6 @@ __all__ = ["BenchFile", "Cell", "TrainingRun", "append", "create", "read_bench"]
 def _json(value: Any) -> Any:
     if value is None or isinstance(value, (dict, list, tuple)):
         return json.dumps(value)
-    return value
-
-
-def _unjson(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and (value[:1] in ("{", "[") or value == "null"):
-        with contextlib.suppress(json.JSONDecodeError):
-            return json.loads(value)
-    if isinstance(value, np.generic):
-        return value.item()
     return value
 
 
@@ -81,40 +68,17 @@ def create(
         run.set_attrs(
             kind="bench",
             python_version=platform.python_version(),
-            git_commit=_git_commit() or "unknown",
+            git_commit=git_commit() or "unknown",
         )
 
 
 def append(path: Path, write: Callable[[h5py.File], None]) -> None:
     """Copy ``path`` aside, let ``write`` add to the copy, publish it atomically."""
-    from physgen.io._common import now
-
     with atomic_path(path) as tmp:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:
             write(f)
             f.attrs["end_time"] = now()
-
-
-def remove_stale(path: Path) -> None:
-    """Delete temporary copies of ``path`` left by killed runs (their pid is gone)."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)-[0-9a-f]+\.tmp$")
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        match = pattern.match(tmp.name)
-        if match is None or _alive(int(match.group(1))):
-            continue
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def put(group: h5py.Group, name: str, data: np.ndarray, attrs: dict[str, Any]) -> None:
@@ -161,7 +125,7 @@ class BenchFile:
 
 
 def _attrs(obj: Any) -> dict[str, Any]:
-    return {k: _unjson(v) for k, v in obj.attrs.items()}
+    return {k: decode_attr(v) for k, v in obj.attrs.items()}
 
 
 def _read(f: h5py.File, path: Path, with_samples: bool) -> BenchFile:
@@ -192,8 +156,7 @@ def read_bench(path: str | Path, *, samples: bool = True) -> BenchFile:
     except CheckpointError:
         raise
     except Exception as err:  # h5py raises OSError/KeyError/ValueError on damaged files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: corrupt bench file ({first})") from None
+        raise CheckpointError(f"{path}: corrupt bench file ({first_line(err)})") from None
 
 
 def check_same_suite(path: Path, config: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ files (:mod:`physgen.io.runs`) are HDF5 with the run's provenance, samples and m
 
 from __future__ import annotations
 
-from physgen.io._common import physgen_version
+from physgen.io._common import git_commit, physgen_version
 from physgen.io.atomic import atomic_path, atomic_write
 from physgen.io.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -28,6 +28,7 @@ __all__ = [
     "RunWriter",
     "atomic_path",
     "atomic_write",
+    "git_commit",
     "load_checkpoint_file",
     "physgen_version",
     "read_run",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from physgen.errors import ConfigError
 
-__all__ = ["PendingFile", "atomic_path", "atomic_write", "exists_error"]
+__all__ = ["PendingFile", "atomic_path", "atomic_write", "exists_error", "remove_stale"]
 
 
 class PendingFile:
@@ -41,7 +41,7 @@ class PendingFile:
             self.discard()
             raise
         _fsync_dir(self.path.parent)
-        _remove_stale(self.path)
+        remove_stale(self.path)
         return self.path
 
     def discard(self) -> None:
@@ -63,10 +63,12 @@ def _fsync_dir(path: Path) -> None:
         _fsync_path(path)
 
 
-def _remove_stale(path: Path) -> None:
+def remove_stale(path: str | os.PathLike[str]) -> None:
     """Delete ``.<name>.<pid>-<hex>.tmp`` files beside ``path`` left by writers that were
-    killed: those whose process no longer exists (a live writer's file is kept). POSIX only:
-    Windows has no harmless ``kill(pid, 0)``."""
+    killed: those whose process no longer exists (a live writer's file is kept). Every commit
+    does this; call it to clean up before the first write. POSIX only: Windows has no
+    harmless ``kill(pid, 0)``."""
+    path = Path(path)
     if os.name != "posix":
         return
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):

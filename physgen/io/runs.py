@@ -13,11 +13,9 @@ none) under the final name.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,33 +28,13 @@ import torch
 from torch import Tensor
 
 from physgen.errors import CheckpointError, ConfigError
-from physgen.io._common import first_line, now, physgen_version
+from physgen.io._common import decode_attr, first_line, git_commit, now, physgen_version
 from physgen.io.atomic import PendingFile, exists_error
 
 __all__ = ["RUN_FORMAT", "RunFile", "RunWriter", "read_run"]
 
 #: Version of the run-file layout (root attribute ``physgen_run_format``).
 RUN_FORMAT = 1
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    """HEAD of the git checkout physgen's own source is tracked in, or None (2 s at most)."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        out = subprocess.run(
-            ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=2
-        )
-        if out.returncode != 0:
-            raise OSError(out.stderr)
-        return out.stdout.strip()
-
-    try:  # tracked, so that an unrelated enclosing repository is not reported
-        git("ls-files", "--error-unmatch", Path(__file__).name)
-        return git("rev-parse", "HEAD") or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _attr(value: Any) -> Any:
@@ -69,17 +47,6 @@ def _attr(value: Any) -> Any:
         return json.dumps(value)
     if isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float)) for v in value):
         return json.dumps(list(value))
-    return value
-
-
-def _unattr(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and (value[:1] in ("{", "[") or value == "null"):
-        with contextlib.suppress(json.JSONDecodeError):
-            return json.loads(value)
-    if isinstance(value, np.generic):
-        return value.item()
     return value
 
 
@@ -124,7 +91,7 @@ class RunWriter:
             "physgen_run_format": RUN_FORMAT,
             "physgen_version": physgen_version(),
             "torch_version": str(torch.__version__),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "command": command if command is not None else shlex.join(sys.argv),
             "seed": seed,
             "device": None if device is None else str(device),
@@ -222,7 +189,7 @@ class RunFile:
 
 
 def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
-    return {k: _unattr(v) for k, v in obj.attrs.items()}
+    return {k: decode_attr(v) for k, v in obj.attrs.items()}
 
 
 def _read_run(f: h5py.File, path: Path) -> RunFile:

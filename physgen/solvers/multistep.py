@@ -39,7 +39,7 @@ Models in Around 5 Steps" (CVPR 2024), iPNDM on the σ-frame PF-ODE.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -77,10 +77,90 @@ def _check_sigmas(grid: Tensor, afs: bool = False) -> None:
         raise ConfigError("afs (analytical first step) needs a grid of ≥ 2 intervals")
 
 
-def _denoise(f: Denoiser, x: Tensor, sigma: Tensor, first_analytic: bool) -> Tensor:
-    """``D(x; σ)``, or the analytical first step's ``D ≈ 0`` (centred data at σ_max ≫ σ_data,
-    Zhou et al. 2024, §4.1; the module docstring) without calling ``f``."""
-    return torch.zeros_like(x) if first_analytic else f(x, sigma)
+#: grids with fewer intervals than this take lower orders on their last steps when
+#: ``lower_order_final`` is set (the threshold of diffusers' multistep schedulers)
+LOWER_ORDER_FINAL_BELOW = 15
+
+
+def _step_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
+    """The order of step ``i`` of ``steps``: ``min(order, i + 1)`` while history accrues and,
+    with ``lower_order_final`` on a short grid, at most ``steps − i`` (2 on the step before the
+    last, 1 on the last; DPM-Solver++ and UniPC reference code)."""
+    k = min(order, i + 1)
+    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
+        k = min(k, steps - i)
+    return k
+
+
+#: ``(x, sigmas, history, sigma_next) -> x'`` from ``sigmas[-1]`` to ``sigma_next > 0`` through
+#: the last k points and history values (oldest first), k the step's order; a corrector also
+#: takes the denoised value at the predicted ``x'``
+Update = Callable[[Tensor, list[Tensor], list[Tensor], Tensor], Tensor]
+Correct = Callable[[Tensor, list[Tensor], list[Tensor], Tensor, Tensor], Tensor]
+
+
+def _multistep(
+    update: Update,
+    order: int,
+    f: Denoiser,
+    x: Tensor,
+    grid: Tensor,
+    on_step: OnStep | None,
+    afs: bool,
+    lower_order_final: bool = False,
+    correct: Correct | None = None,
+    slope: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """The loop every solver here shares, one denoiser call per grid point but the last.
+
+    At each ``σ > 0`` of ``grid`` it takes ``D(x; σ)`` (``D = 0`` at ``grid[0]`` with ``afs``,
+    module docstring), keeps the last ``order`` points and history values (``D``, or
+    ``slope(x, σ, D)``) and calls ``update`` at the order of :func:`_step_order`. A last step
+    into σ = 0 returns the denoised value (h = ∞). With ``correct`` (UniPC) the next ``D`` is
+    taken at the predicted point and the step is corrected through it, except on the last
+    step, which has nothing left to evaluate.
+    """
+    _check_sigmas(grid, afs)
+    steps = grid.shape[0] - 1
+    sigmas: list[Tensor] = []
+    history: list[Tensor] = []
+    denoised: Tensor | None = None
+    for i in range(steps):
+        sigma, sigma_next = grid[i], grid[i + 1]
+        if denoised is None:  # D ≈ 0 for centred data at σ_max ≫ σ_data (Zhou et al. 2024, §4.1)
+            denoised = torch.zeros_like(x) if afs and i == 0 else f(x, sigma)
+        if sigma_next == 0:  # h = ∞: the step returns the denoised value
+            x = denoised
+        else:
+            value = denoised if slope is None else slope(x, sigma, denoised)
+            sigmas, history = [*sigmas, sigma][-order:], [*history, value][-order:]
+            k = _step_order(order, i, steps, lower_order_final)
+            x_next = update(x, sigmas[-k:], history[-k:], sigma_next)
+            denoised = None
+            if correct is not None and i < steps - 1:
+                denoised = f(x_next, sigma_next)
+                x_next = correct(x, sigmas[-k:], history[-k:], sigma_next, denoised)
+            x = x_next
+        if on_step is not None:
+            on_step(i, x)
+    return x
+
+
+def _weighted_sum(weights: Iterable[Tensor], values: Iterable[Tensor], start: Tensor) -> Tensor:
+    """``start + Σ_j w_j v_j``."""
+    return sum((w * v for w, v in zip(weights, values, strict=True)), start)
+
+
+def _dpmpp_2m_update(
+    x: Tensor, sigmas: list[Tensor], denoised: list[Tensor], sigma_next: Tensor
+) -> Tensor:
+    sigma, d0 = sigmas[-1], denoised[-1]
+    if len(denoised) == 1:
+        return exponential_step(x, sigma, sigma_next, d0)
+    h, h_prev = torch.log(sigma / sigma_next), torch.log(sigmas[-2] / sigma)
+    half_inv_r = h / (2 * h_prev)  # 1 / (2 r_i), r_i = h_{i−1} / h_i
+    # D̃_i = (1 + 1/(2r_i)) D_i − 1/(2r_i) D_{i−1} (Lu et al. 2022, Algorithm 2)
+    return exponential_step(x, sigma, sigma_next, (1 + half_inv_r) * d0 - half_inv_r * denoised[-2])
 
 
 def dpmpp_2m(
@@ -101,52 +181,18 @@ def dpmpp_2m(
     ``f`` is ``D(x; σ)``, ``x`` ``[B, *event]`` at ``grid[0]``; ``afs``: the first step uses
     ``D = 0`` (module docstring).
     """
-    _check_sigmas(grid, afs)
-    denoised_prev: Tensor | None = None
-    h_prev = grid.new_zeros(())
-    for i in range(grid.shape[0] - 1):
-        sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = _denoise(f, x, sigma, afs and i == 0)
-        if sigma_next == 0:  # h = ∞: the step returns the denoised value
-            x = denoised
-        else:
-            h = torch.log(sigma / sigma_next)
-            corrected = denoised
-            if denoised_prev is not None:
-                half_inv_r = h / (2 * h_prev)  # 1 / (2 r_i), r_i = h_{i−1} / h_i
-                corrected = (1 + half_inv_r) * denoised - half_inv_r * denoised_prev
-            x = exponential_step(x, sigma, sigma_next, corrected)
-            h_prev = h
-        denoised_prev = denoised
-        if on_step is not None:
-            on_step(i, x)
-    return x
+    return _multistep(_dpmpp_2m_update, 2, f, x, grid, on_step, afs)
 
 
-#: grids with fewer intervals than this take lower orders on their last steps when
-#: ``lower_order_final`` is set (the threshold of diffusers' multistep schedulers)
-LOWER_ORDER_FINAL_BELOW = 15
-
-
-def _step_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
-    """The order of step ``i`` of ``steps``: ``min(order, i + 1)`` while history accrues and,
-    with ``lower_order_final`` on a short grid, at most ``steps − i`` (2 on the step before the
-    last, 1 on the last; DPM-Solver++ and UniPC reference code)."""
-    k = min(order, i + 1)
-    if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
-        k = min(k, steps - i)
-    return k
-
-
-def _dpmpp_step(
-    x: Tensor, sigma: Tensor, sigma_next: Tensor, lambdas: list[Tensor], denoised: list[Tensor]
+def _dpmpp_update(
+    x: Tensor, sigmas: list[Tensor], denoised: list[Tensor], sigma_next: Tensor
 ) -> Tensor:
-    """One DPM-Solver++ multistep update of order ``len(denoised)`` (1–3) from ``sigma`` to
-    ``sigma_next > 0``; ``lambdas``, ``denoised``: the last steps' ``λ = −ln σ`` and ``D``,
-    oldest first."""
-    d0 = denoised[-1]
+    """One DPM-Solver++ multistep update of order ``len(denoised)`` (1–3) from ``sigmas[-1]``
+    to ``sigma_next > 0`` through the last steps' ``D``, oldest first, in ``λ = −ln σ``."""
+    sigma, d0 = sigmas[-1], denoised[-1]
     if len(denoised) == 1:
         return exponential_step(x, sigma, sigma_next, d0)
+    lambdas = [-torch.log(s) for s in sigmas]
     h = torch.log(sigma / sigma_next)
     r0 = (lambdas[-1] - lambdas[-2]) / h
     d1_0 = (d0 - denoised[-2]) / r0
@@ -181,22 +227,7 @@ def dpmpp_3m(
     σ = 0 returns the denoised value. ``f`` is ``D(x; σ)``, ``x`` ``[B, *event]`` at
     ``grid[0]``; ``afs``: the first step uses ``D = 0`` (module docstring).
     """
-    _check_sigmas(grid, afs)
-    steps = grid.shape[0] - 1
-    lambdas: list[Tensor] = []
-    history: list[Tensor] = []  # denoised values of the last three steps, oldest first
-    for i in range(steps):
-        sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = _denoise(f, x, sigma, afs and i == 0)
-        lambdas, history = [*lambdas[-2:], -torch.log(sigma)], [*history[-2:], denoised]
-        if sigma_next == 0:  # h = ∞: the step returns the denoised value
-            x = denoised
-        else:
-            order = _step_order(3, i, steps, lower_order_final)
-            x = _dpmpp_step(x, sigma, sigma_next, lambdas[-order:], history[-order:])
-        if on_step is not None:
-            on_step(i, x)
-    return x
+    return _multistep(_dpmpp_update, 3, f, x, grid, on_step, afs, lower_order_final)
 
 
 def _unipc_rhos(lambdas: list[Tensor], lambda_next: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -226,6 +257,33 @@ def _unipc_rhos(lambdas: list[Tensor], lambda_next: Tensor) -> tuple[Tensor, Ten
     return rks, rhos_p, rhos_c
 
 
+def _unipc_terms(
+    x: Tensor, sigmas: list[Tensor], denoised: list[Tensor], sigma_next: Tensor
+) -> tuple[Tensor, Tensor, list[Tensor], Tensor, Tensor]:
+    """What UniP and UniC of one step share: the first-order step, ``B(h) = e^(−h) − 1``, the
+    scaled differences ``D_k / r_k`` and the coefficients ``ρ^p``, ``ρ^c``."""
+    sigma, d0 = sigmas[-1], denoised[-1]
+    rks, rhos_p, rhos_c = _unipc_rhos([-torch.log(s) for s in sigmas], -torch.log(sigma_next))
+    diffs = [(denoised[-2 - k] - d0) / rks[k] for k in range(len(denoised) - 1)]  # D_k / r_k
+    b_h = torch.expm1(torch.log(sigma_next / sigma))
+    return exponential_step(x, sigma, sigma_next, d0), b_h, diffs, rhos_p, rhos_c
+
+
+def _unip_update(
+    x: Tensor, sigmas: list[Tensor], denoised: list[Tensor], sigma_next: Tensor
+) -> Tensor:
+    base, b_h, diffs, rhos_p, _ = _unipc_terms(x, sigmas, denoised, sigma_next)
+    return base - b_h * _weighted_sum(rhos_p, diffs, torch.zeros_like(x))  # UniP (Alg. 2)
+
+
+def _unic_correct(
+    x: Tensor, sigmas: list[Tensor], denoised: list[Tensor], sigma_next: Tensor, d_next: Tensor
+) -> Tensor:
+    base, b_h, diffs, _, rhos_c = _unipc_terms(x, sigmas, denoised, sigma_next)
+    correction = _weighted_sum(rhos_c[:-1], diffs, rhos_c[-1] * (d_next - denoised[-1]))
+    return base - b_h * correction  # UniC (Zhao et al. 2023, eq. 9, Alg. 1)
+
+
 def unipc(
     f: Denoiser,
     x: Tensor,
@@ -246,38 +304,7 @@ def unipc(
     into σ = 0 returns the last denoised value. ``x`` ``[B, *event]`` at ``grid[0]``;
     ``afs``: ``D = 0`` at ``grid[0]`` (module docstring).
     """
-    _check_sigmas(grid, afs)
-    steps = grid.shape[0] - 1
-    lambdas: list[Tensor] = []
-    history: list[Tensor] = []
-    denoised = _denoise(f, x, grid[0], afs)
-    for i in range(steps):
-        sigma, sigma_next = grid[i], grid[i + 1]
-        lambdas, history = [*lambdas[-2:], -torch.log(sigma)], [*history[-2:], denoised]
-        if sigma_next == 0:  # h = ∞: the step returns the denoised value
-            x = denoised
-        else:
-            order = _step_order(3, i, steps, lower_order_final)
-            rks, rhos_p, rhos_c = _unipc_rhos(lambdas[-order:], -torch.log(sigma_next))
-            d0 = history[-1]
-            diffs = [(history[-2 - k] - d0) / rks[k] for k in range(order - 1)]  # D_k / r_k
-            b_h = torch.expm1(torch.log(sigma_next / sigma))  # B(h) = e^(−h) − 1
-            base = exponential_step(x, sigma, sigma_next, d0)
-            x_pred = base - b_h * sum(
-                (r * d for r, d in zip(rhos_p, diffs, strict=True)), torch.zeros_like(x)
-            )
-            if i == steps - 1:  # nothing left to evaluate: no corrector
-                x = x_pred
-            else:
-                denoised = f(x_pred, sigma_next)
-                corr = sum(
-                    (r * d for r, d in zip(rhos_c[:-1], diffs, strict=True)),
-                    rhos_c[-1] * (denoised - d0),
-                )
-                x = base - b_h * corr  # UniC (Zhao et al. 2023, eq. 9, Alg. 1)
-        if on_step is not None:
-            on_step(i, x)
-    return x
+    return _multistep(_unip_update, 3, f, x, grid, on_step, afs, lower_order_final, _unic_correct)
 
 
 def adams_bashforth_weights(times: Tensor, t_next: Tensor) -> Tensor:
@@ -290,6 +317,17 @@ def adams_bashforth_weights(times: Tensor, t_next: Tensor) -> Tensor:
     V = torch.stack([u**m for m in range(times.shape[0])])
     moments = 1 / torch.arange(1, times.shape[0] + 1, dtype=times.dtype, device=times.device)
     return torch.linalg.solve(V, moments)
+
+
+def _sigma_slope(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+    return (x - denoised) / sigma  # dx/dσ = (x − D(x; σ)) / σ (EDM eq. 3)
+
+
+def _ipndm_update(
+    x: Tensor, sigmas: list[Tensor], slopes: list[Tensor], sigma_next: Tensor
+) -> Tensor:
+    w = adams_bashforth_weights(torch.stack(sigmas), sigma_next)
+    return x + (sigma_next - sigmas[-1]) * _weighted_sum(w, slopes, torch.zeros_like(x))  # AB-k
 
 
 def ipndm(
@@ -310,30 +348,9 @@ def ipndm(
     (its Euler step). ``x`` ``[B, *event]`` at ``grid[0]``; ``afs``: the first slope is
     ``x/σ`` (``D = 0``, module docstring).
     """
-    _check_sigmas(grid, afs)
-    steps = grid.shape[0] - 1
-    times: list[Tensor] = []
-    slopes: list[Tensor] = []  # d at the last four grid points, oldest first
-    for i in range(steps):
-        sigma, sigma_next = grid[i], grid[i + 1]
-        denoised = _denoise(f, x, sigma, afs and i == 0)
-        if sigma_next == 0:  # the Euler step into σ = 0 lands on the denoised value
-            x = denoised
-        else:
-            times, slopes = [*times[-3:], sigma], [*slopes[-3:], (x - denoised) / sigma]
-            order = _step_order(4, i, steps, lower_order_final)
-            w = adams_bashforth_weights(torch.stack(times[-order:]), sigma_next)
-            x = (
-                x
-                + (sigma_next - sigma)
-                * sum(  # EDM eq. 3, integrated by AB-k
-                    (w_j * d for w_j, d in zip(w, slopes[-order:], strict=True)),
-                    torch.zeros_like(x),
-                )
-            )
-        if on_step is not None:
-            on_step(i, x)
-    return x
+    return _multistep(
+        _ipndm_update, 4, f, x, grid, on_step, afs, lower_order_final, slope=_sigma_slope
+    )
 
 
 def _one_per_interval(grid: Tensor, *, afs: bool = False, **_: object) -> int:
@@ -341,45 +358,25 @@ def _one_per_interval(grid: Tensor, *, afs: bool = False, **_: object) -> int:
     return grid.shape[0] - 1 - int(afs)
 
 
+def _record(name: str, fn: Callable[..., Tensor], order: int, description: str) -> Sampler:
+    """The record of a solver here: denoiser view, one NFE per interval; options ``afs``
+    (analytical first step: D = 0 at σ_max, one NFE fewer) and, for the solvers above second
+    order, ``lower_order_final`` (orders 2, 1 on the last steps of < 15-step grids)."""
+    options = {"lower_order_final": True, "afs": False} if order > 2 else {"afs": False}
+    return Sampler(
+        name=name, fn=fn, view="denoiser", description=description, order=order,
+        nfe=_one_per_interval, options=options,
+    )  # fmt: skip
+
+
 #: the multistep samplers, registered by :mod:`physgen.builtin`
 SAMPLERS: list[Sampler] = [
-    Sampler(
-        name="dpmpp_2m",
-        fn=dpmpp_2m,
-        view="denoiser",
-        description="DPM-Solver++(2M), 2nd-order multistep in λ = −ln σ (Lu et al. 2022)",
-        order=2,
-        nfe=_one_per_interval,
-        options={"afs": False},  # analytical first step: D = 0 at σ_max, one NFE fewer
-    ),
-    Sampler(
-        name="dpmpp_3m",
-        fn=dpmpp_3m,
-        view="denoiser",
-        description="DPM-Solver++(3M), 3rd-order multistep in λ = −ln σ (Lu et al. 2022)",
-        order=3,
-        nfe=_one_per_interval,
-        # orders 2, 1 on the last steps of < 15-step grids; analytical first step (one NFE fewer)
-        options={"lower_order_final": True, "afs": False},
-    ),
-    Sampler(
-        name="unipc",
-        fn=unipc,
-        view="denoiser",
-        description="UniPC-3 bh2 predictor + UniC corrector, data prediction (Zhao et al. 2023)",
-        order=4,
-        nfe=_one_per_interval,
-        # orders 2, 1 on the last steps of < 15-step grids; analytical first step (one NFE fewer)
-        options={"lower_order_final": True, "afs": False},
-    ),
-    Sampler(
-        name="ipndm",
-        fn=ipndm,
-        view="denoiser",
-        description="iPNDM, 4th-order Adams–Bashforth on dx/dσ (Zhang & Chen 2023)",
-        order=4,
-        nfe=_one_per_interval,
-        # orders 2, 1 on the last steps of < 15-step grids; analytical first step (one NFE fewer)
-        options={"lower_order_final": True, "afs": False},
-    ),
-]
+    _record("dpmpp_2m", dpmpp_2m, 2,
+            "DPM-Solver++(2M), 2nd-order multistep in λ = −ln σ (Lu et al. 2022)"),
+    _record("dpmpp_3m", dpmpp_3m, 3,
+            "DPM-Solver++(3M), 3rd-order multistep in λ = −ln σ (Lu et al. 2022)"),
+    _record("unipc", unipc, 4,
+            "UniPC-3 bh2 predictor + UniC corrector, data prediction (Zhao et al. 2023)"),
+    _record("ipndm", ipndm, 4,
+            "iPNDM, 4th-order Adams–Bashforth on dx/dσ (Zhang & Chen 2023)"),
+]  # fmt: skip

@@ -22,6 +22,8 @@ References
   Generative Models" (EDM): Algorithm 2 (stochastic sampler with churn).
 * Song & Ermon (2019), "Generative Modeling by Estimating Gradients of the Data Distribution"
   (NCSN): Algorithm 1 (annealed Langevin dynamics).
+* Song & Ermon (2020), "Improved Techniques for Training Score-Based Generative Models"
+  (NCSNv2): Technique 4 (choosing the Langevin step size ε).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from torch import Tensor
 
 from physgen.errors import ConfigError
-from physgen.process import append_dims
+from physgen.process import append_dims, convert_value
 from physgen.rng import Generator, randn_like
 from physgen.solvers import Sampler
 
@@ -209,26 +211,41 @@ def langevin(
     generator: Generator | None = None,
     on_step: OnStep | None = None,
     corrector_steps: int = 10,
-    eps: float = 2e-5,
+    eps: float | None = None,
 ) -> Tensor:
     """Annealed Langevin dynamics (NCSN Algorithm 1) on the nonzero levels of ``grid``.
 
     At each level σ_i, ``corrector_steps`` (T) steps ``x ← x + (α_i/2) ∇log p(x; σ_i) +
     sqrt(α_i) z`` with ``α_i = eps σ_i² / σ_L²`` (σ_L the smallest nonzero level) — the
-    paper's parameterisation, in which ``eps = 2e-5`` is its default; in the notation
-    ``x + ε ∇log p + sqrt(2ε) z`` of math.md §1 the step is ``ε_i = α_i / 2``.
+    paper's parameterisation; in the notation ``x + ε ∇log p + sqrt(2ε) z`` of math.md §1 the
+    step is ``ε_i = α_i / 2``. Stable only for ``eps < 4 σ_L²``: NCSN's σ_L = 0.01 allows
+    4e-4, EDM's σ_min = 0.002 only 1.6e-5 (a given ``eps`` beyond it is a
+    :class:`ConfigError`).
 
-    Stable only for ``eps < 4 σ_L²``: NCSN's σ_L = 0.01 allows 4e-4, EDM's σ_min = 0.002 only
-    1.6e-5, below the default (a :class:`ConfigError` says so). When the grid ends at σ = 0 a
-    final denoising step returns ``D(x; σ_L)`` (one more evaluation; NCSN returns the last
-    Langevin iterate, later work denoises it). ``on_step(i, x)`` is called after level ``i``
-    and after the final denoise. NFE = ``T × levels (+ 1)``.
+    The default ``eps = min(2e-5, σ_L²)`` is NCSN's 2e-5 wherever σ_L ≥ 0.0045 (NCSN's grid
+    included), and σ_L² on finer grids, where 2e-5 diverges. Song & Ermon (2020), Technique 4,
+    pick ε so that T steps carry the variance of level σ_(i−1) to that of σ_i (their ε is half
+    this ``eps``): on N(0, σ_i²) a step shrinks deviations by ``1 − eps/(2σ_L²)`` and its
+    stationary variance is ``σ_i² / (1 − eps/(4σ_L²))``. At ``eps = σ_L²``, a quarter of the
+    bound, T = 10 steps leave (1/2)^10 ≈ 1e-3 of a level's start (for level ratios up to 30),
+    at the price of a variance bias of 4/3 on levels far above the data scale, which fades on
+    the levels below it. Measured on N(μ, 0.5² I), T = 10, EDM grid 80 → 0.002: variance
+    +26 % on 18 levels, +6 % on 64 (``eps = σ_L²/2``: +50 %, +11 %).
+
+    When the grid ends at σ = 0 a final denoising step returns ``D(x; σ_L)`` (one more
+    evaluation; NCSN returns the last Langevin iterate, later work denoises it).
+    ``on_step(i, x)`` is called after level ``i`` and after the final denoise. NFE =
+    ``T × levels (+ 1)``.
     """
     if corrector_steps < 1:
         raise ConfigError(f"option corrector_steps must be ≥ 1, got {corrector_steps}")
-    _positive("eps", eps)
     levels, to_zero = _levels(grid)
     sigma_L = levels[-1]
+    if eps is None:  # min(NCSN's 2e-5, σ_L²): Song & Ermon 2020, Technique 4 (docstring)
+        eps = min(2e-5, float(sigma_L) ** 2)
+    else:  # a ``--opt`` string has no float default to be converted by
+        eps = convert_value(eps, 0.0, name="eps", owner="sampler 'langevin'")
+    _positive("eps", eps)
     # The score of p_σ is at most 1/σ²-Lipschitz (its Hessian is (Cov[y|x] − σ² I)/σ⁴), so a
     # step (α_i/2) with α_i/(2σ_i²) = eps/(2σ_L²) ≥ 2 diverges wherever σ_i dwarfs the data.
     if eps >= 4 * float(sigma_L) ** 2:
@@ -343,7 +360,7 @@ SAMPLERS: list[Sampler] = [
         order=None,  # MCMC at each level: no order in the step of the grid
         stochastic=True,
         nfe=_nfe_langevin,
-        options={"corrector_steps": 10, "eps": 2e-5},
+        options={"corrector_steps": 10, "eps": None},  # eps None: min(2e-5, σ_L²)
     ),
     Sampler(
         name="pc",
