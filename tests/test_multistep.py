@@ -412,6 +412,30 @@ def test_fit_knots_recovers_a_known_grid_and_is_reproducible():
     torch.testing.assert_close(again, grids.knots(6, 0.002, 80.0, knots=fitted), rtol=0, atol=0)
 
 
+def test_fit_knots_statistic_picks_the_typical_draw_or_the_tail():
+    # Per-sample losses: two draws want grid A, a third (ten times the weight) wants grid B.
+    # The median of {a, a, b} is a, so its minimiser is A; the mean is a quadratic in the knots
+    # (ln σ is linear in them), minimised by the weighted mean (2 A + 10 B) / 12.
+    a = torch.tensor([0.0, 0.15, 0.3, 0.55, 0.8, 1.0], dtype=F64)
+    b = torch.tensor([0.0, 0.3, 0.5, 0.7, 0.85, 1.0], dtype=F64)
+    want = [grids.knots(6, SIGMA_MIN, SIGMA_MAX, knots=k)[1:-2].log() for k in (a, b)]
+
+    def per_sample(grid: torch.Tensor) -> torch.Tensor:
+        d = [(grid[1:-2].log() - w).pow(2).sum() for w in want]
+        return torch.stack([d[0], d[0], 10 * d[1]])
+
+    def fit(statistic: str) -> torch.Tensor:
+        knots = grids.fit_knots(
+            per_sample, 6, SIGMA_MIN, SIGMA_MAX, max_evals=3000, statistic=statistic
+        )
+        return torch.tensor(knots, dtype=F64)
+
+    torch.testing.assert_close(fit("median"), a, rtol=0, atol=2e-3)
+    torch.testing.assert_close(fit("mean"), (2 * a + 10 * b) / 12, rtol=0, atol=2e-3)
+    with pytest.raises(ConfigError, match="statistic"):
+        grids.fit_knots(per_sample, 6, SIGMA_MIN, SIGMA_MAX, statistic="mode")
+
+
 @pytest.mark.slow
 def test_fitted_schedule_generalises_to_fresh_draws(problem):
     # Fitted on pilot draws, judged on others: the median error against dopri5 drops.

@@ -46,6 +46,7 @@ from physgen.process import convert_value, karras_sigmas
 
 __all__ = [
     "SCHEDULES",
+    "STATISTICS",
     "fit_knots",
     "karras",
     "knots",
@@ -153,8 +154,19 @@ def knots(
     return _levels(sigma, steps, sigma_min, sigma_max)
 
 
+#: how :func:`fit_knots` reduces per-sample errors to its loss: the typical draw (``median``)
+#: or the tail too (``mean``: a draw sent to the wrong mode counts in proportion; ``rms``: in
+#: proportion to its square; ``q90``: the 90th percentile)
+STATISTICS: dict[str, Callable[[Tensor], Tensor]] = {
+    "median": lambda e: e.median(),
+    "mean": lambda e: e.mean(),
+    "rms": lambda e: e.pow(2).mean().sqrt(),
+    "q90": lambda e: e.quantile(0.9),
+}
+
+
 def fit_knots(
-    error: Callable[[Tensor], float],
+    error: Callable[[Tensor], float | Tensor],
     steps: int,
     sigma_min: float,
     sigma_max: float,
@@ -162,15 +174,22 @@ def fit_knots(
     n_knots: int = 6,
     init: Sequence[float] | None = None,
     max_evals: int = 400,
+    statistic: str = "median",
 ) -> list[float]:
     """The ``n_knots`` knots (see :func:`knots`) minimising ``error(grid)`` by Nelder–Mead,
     started from ``init`` (``n_knots`` knots; default: ``logsnr``). ``error`` maps a
     :func:`knots` grid of ``steps`` levels to the loss (e.g. a sampler's error against a tight
-    reference on pilot draws, never on the draws it is judged on). The knots are parameterised
-    by log-increments (softmax), so every candidate is a valid schedule. Deterministic;
-    returned rounded to 6 digits, the values that reproduce the schedule."""
+    reference on pilot draws, never on the draws it is judged on): a number is the loss
+    itself; a 1-D tensor of per-sample errors is reduced by ``statistic`` (a key of
+    :data:`STATISTICS`; ``median`` fits the typical draw, ``mean``/``rms``/``q90`` weigh the
+    draws a coarse grid sends to the wrong mode). The knots are parameterised by
+    log-increments (softmax), so every candidate is a valid schedule. Deterministic; returned
+    rounded to 6 digits, the values that reproduce the schedule."""
     if n_knots < 2:
         raise ConfigError(f"n_knots must be ≥ 2, got {n_knots}")
+    if statistic not in STATISTICS:
+        raise ConfigError(f"unknown statistic {statistic!r} (statistics: {', '.join(STATISTICS)})")
+    reduce = STATISTICS[statistic]
 
     def to_knots(a: np.ndarray) -> list[float]:
         w = np.exp(np.concatenate([[0.0], a]))
@@ -180,9 +199,12 @@ def fit_knots(
 
     def loss(a: np.ndarray) -> float:
         try:
-            return float(error(knots(steps, sigma_min, sigma_max, knots=to_knots(a))))
+            value = error(knots(steps, sigma_min, sigma_max, knots=to_knots(a)))
         except ConfigError:  # two knots rounded together
             return math.inf
+        if isinstance(value, Tensor) and value.ndim > 0:
+            value = reduce(value.detach().to(torch.float64))
+        return float(value)
 
     if n_knots == 2:
         return [0.0, 1.0]
