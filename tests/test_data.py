@@ -350,3 +350,26 @@ def test_file_option_errors(tmp_path: Path) -> None:
         load_dataset(str(path), 5, shuffle=True)
     with pytest.raises(ConfigError, match=r"\.npy, \.npz"):
         load_dataset(str(tmp_path / "a.csv"), 5)
+
+
+def test_string_options_convert_to_the_loaders_types() -> None:
+    """``--data-opt noise=0.0`` arrives as text; it must mean what ``noise=0.0`` means."""
+    text = load_dataset("moons", 64, seed=0, noise="0.0")
+    number = load_dataset("moons", 64, seed=0, noise=0.0)
+    assert torch.equal(text.x, number.x)
+    with pytest.raises(ConfigError, match="option noise='abc' is not a valid float"):
+        load_dataset("moons", 64, noise="abc")
+    with pytest.raises(ConfigError, match="has no option nope"):
+        load_dataset("moons", 64, nope="1")
+
+
+def test_cli_data_opt_is_validated_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from physgen.cli import cli
+
+    args = ["train", "--steps", "1", "--data-opt", "nope=1", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "dataset 'moons' has no option nope" in result.output
+    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()

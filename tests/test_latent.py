@@ -114,6 +114,14 @@ def test_latent_mode_train_and_sample_end_to_end(tmp_path) -> None:
     assert float(residual.norm(dim=1).median()) < 0.15  # the data's radius is 1
     radius = (out.x @ A).norm(dim=1)
     assert 0.8 < float(radius.median()) < 1.2
+    from click.testing import CliRunner
+
+    from physgen.cli import cli
+
+    args = ["sample", str(ckpt_path), "-n", "8", "--nll", "8", "--out", str(tmp_path / "s.h5")]
+    result = CliRunner().invoke(cli, args)  # latents have no data-space density: refused
+    assert result.exit_code == 2 and "no data-space likelihood" in result.output
+    assert not (tmp_path / "s.h5").exists()
 
 
 def test_user_module_needs_to_be_passed_back(tmp_path) -> None:

@@ -22,6 +22,7 @@ def run_train(
     process_options: dict[str, str],
     dataset: str,
     n_data: int,
+    data_options: dict[str, str] | None = None,
     network: str | None,
     net_options: dict[str, str],
     steps: int,
@@ -55,7 +56,7 @@ def run_train(
         pairs = _reflow_pairs(process, out_dir, *reflow, resume=resume, seed=seed, device=device)
         dataset = str(pairs)
         process = get_process(process_name, **{**process_options, "pairs": dataset})
-    data = load_dataset(dataset, n_data, seed=seed)
+    data = load_dataset(dataset, n_data, seed=seed, **(data_options or {}))
     info, device = init_distributed(device)  # torchrun: join the job, one device per rank
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
     num_classes = data.num_classes if (class_cond or label_dropout > 0) else 0
@@ -289,6 +290,11 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     from physgen.errors import ConfigError
     from physgen.metrics.nll import nll
 
+    if ckpt.latent is not None:
+        raise ConfigError(
+            "--nll: a latent-mode model has no data-space likelihood (its autoencoder is not "
+            "invertible, so the ODE's density is over latents)"
+        )
     data = _reference(ckpt.meta, n, seed + 1)
     if data is None:
         raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")

@@ -59,7 +59,15 @@ holds reflow_pairs.npz; chaining --reflow-from runs gives 2-, 3-, ... rectified 
     "-d",
     default="moons",
     show_default=True,
-    help="Built-in dataset name, or a .npy/.npz/.h5 file of shape [n, ...].",
+    help="Built-in dataset name, a .npy/.npz/.h5 file of shape [n, ...], or a folder of images "
+    "(labels from sub-folders).",
+)
+@click.option(
+    "--data-opt",
+    "data_options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Dataset option, repeatable: --data-opt flip=true (mirror images), --data-opt key=x.",
 )
 @click.option(
     "--n-data",
@@ -191,6 +199,7 @@ def train(
     process: str,
     process_options: tuple[str, ...],
     dataset: str,
+    data_options: tuple[str, ...],
     n_data: int,
     network: str | None,
     net_options: tuple[str, ...],
@@ -244,6 +253,7 @@ def train(
         process_options=options,
         dataset=dataset,
         n_data=n_data,
+        data_options=parse_pairs(data_options, "--data-opt"),
         reflow=(reflow_from, reflow_pairs or n_data, reflow_sampler) if reflow_from else None,
         network=network,
         net_options=parse_pairs(net_options, "--net-opt"),

@@ -220,17 +220,17 @@ def load_dataset(spec: str, n: int, *, seed: int = 0, **options: Any) -> Dataset
     spec = str(spec)
     if spec in registry.names("datasets") or spec in registry.conflicts("datasets"):
         loader = registry.dataset(spec).loader
-        _check_options(f"dataset {spec!r}", loader, options)
+        options = _check_options(f"dataset {spec!r}", loader, options)
         return loader(n, seed=seed, **options)
     if Path(spec).suffix.lower() in FILE_SUFFIXES:
         from physgen.data.files import load_file
 
-        _check_options(f"file {spec!r}", load_file, options)
+        options = _check_options(f"file {spec!r}", load_file, options)
         return load_file(spec, n, **options)
     if Path(spec).is_dir():
         from physgen.data.images import load_folder
 
-        _check_options(f"folder {spec!r}", load_folder, options)
+        options = _check_options(f"folder {spec!r}", load_folder, options)
         return load_folder(spec, n, seed=seed, **options)
     known = ", ".join(registry.names("datasets")) or "none installed"
     raise ConfigError(
@@ -239,20 +239,29 @@ def load_dataset(spec: str, n: int, *, seed: int = 0, **options: Any) -> Dataset
     )
 
 
-def _check_options(what: str, loader: Any, options: dict[str, Any]) -> None:
-    """Unknown keyword options are a one-line ConfigError naming the ones accepted."""
+def _check_options(what: str, loader: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` checked against ``loader``'s keyword parameters (an unknown one is a
+    one-line ConfigError naming those accepted), strings converted to the type of each
+    parameter's default (``flip=true`` from the command line)."""
+    from physgen.process import convert_value
+
     try:
         params = inspect.signature(loader).parameters.values()
     except (TypeError, ValueError):
-        return
+        return options
     if any(p.kind is p.VAR_KEYWORD for p in params):
-        return
-    named = (p for p in list(params)[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
-    accepted = [p.name for p in named if p.name != "seed"]
+        return options
+    named = [p for p in list(params)[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    accepted = {p.name: p.default for p in named if p.name != "seed"}
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         takes = ", ".join(accepted) or "none"
         raise ConfigError(f"{what} has no option {', '.join(unknown)} (options: {takes})")
+    return {
+        k: convert_value(v, None if accepted[k] is inspect.Parameter.empty else accepted[k],
+                         name=k, owner=what)
+        for k, v in options.items()
+    }  # fmt: skip
 
 
 # toy2d and images build Datasets, so they are imported once Dataset exists.
