@@ -11,7 +11,7 @@ from physgen.cli._common import command_line, device_option, overwrite_option, q
 
 EPILOG = """\b
 Examples:
-  physgen bench                          # every installed process on moons, ~10 min, 2 cores
+  physgen bench                          # every installed process on moons, ~3 min, 2 cores
   physgen bench --suite my_suite.toml --out runs/my.h5
   physgen bench                          # again: resumes, skipping every complete cell
   physgen bench --overwrite --threads 2  # start over
@@ -29,6 +29,8 @@ A suite file (TOML; every key optional; --show-suite prints them all):
   config = { width = 256 }
   [process.cd]
   teacher = "edm"                        # distil this suite's edm model
+  [process.rectified]
+  teacher = "cfm"                        # reflow this suite's cfm model
 
 \b
 Writes ONE HDF5 file (samples, metrics, loss curves, measured NFE, wall seconds, options,
