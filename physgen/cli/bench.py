@@ -20,7 +20,7 @@ Examples:
 \b
 A suite file (TOML; every key optional; --show-suite prints them all):
   datasets = ["moons", "8gaussians"]     # registered names or .npy/.npz/.h5 files
-  processes = ["edm", "cfm", "cd"]       # or "all"
+  processes = ["edm", "cfm", "cd", "rectified"]   # or "all"
   nfe = [2, 4, 8, 16]                    # NFE budgets per sampler
   seeds = [0, 1]
   [train]
