@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from _common import write_header
 
-from physgen.io import atomic_write, physgen_version
+from physgen.io import atomic_write
 
 #: the statistics the summary compares, the goal's (issue 9: median and rms) first
 STATS = ("median", "rms", "q90", "switches")
@@ -94,16 +91,7 @@ def write(
 
     def writer(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
-            f.attrs["command"] = " ".join(sys.argv)
-            f.attrs["options"] = json.dumps({k: str(v) for k, v in vars(args).items()})
-            f.attrs["versions"] = json.dumps(
-                {
-                    "physgen": physgen_version(),
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    **peers,
-                }
-            )
+            write_header(f, args, **peers)
             f.attrs["table"] = table
             f.attrs["summary"] = summary
             for i, r in enumerate(rows):

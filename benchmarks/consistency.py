@@ -30,20 +30,19 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import write_header
 from physgen_consistency.ct import CT, ICT
 from physgen_consistency.distillation import CD
 
 from physgen.api import get_process
 from physgen.data import load_dataset
-from physgen.io import atomic_write, physgen_version
+from physgen.io import atomic_write
 from physgen.metrics import sliced_w2
 from physgen.nets import MLP
 from physgen.registry import get_registry
@@ -251,18 +250,7 @@ def write_h5(path: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
     def writer(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["benchmark"] = "consistency"
-            f.attrs["command"] = " ".join(sys.argv)
-            f.attrs["options"] = json.dumps({k: str(v) for k, v in vars(args).items()})
-            f.attrs["versions"] = json.dumps(
-                {
-                    "physgen": physgen_version(),
-                    "torch": torch.__version__,
-                    "numpy": np.__version__,
-                    "h5py": h5py.__version__,
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                }
-            )
+            write_header(f, args)
             f.attrs["process_options"] = json.dumps(
                 {
                     "cd": CD(sigma_data=1.0, sigma_mid=args.sigma_mid).options_dict(),

@@ -30,19 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _common import write_header
 from physgen_poisson.pfgmpp import PFGMPP
 from torch import Tensor, nn
 
 from physgen.data import load_dataset
-from physgen.io import atomic_write, physgen_version
+from physgen.io import atomic_write
 from physgen.metrics import mmd_rbf, sliced_w2
 from physgen.nets import MLP
 from physgen.precond import edm_coefficients
@@ -270,18 +269,7 @@ def write_h5(path: Path, args: argparse.Namespace, out: dict[str, Any]) -> None:
     def writer(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["benchmark"] = "pfgmpp_D"
-            f.attrs["command"] = " ".join(sys.argv)
-            f.attrs["options"] = json.dumps({k: str(v) for k, v in vars(args).items()})
-            f.attrs["versions"] = json.dumps(
-                {
-                    "physgen": physgen_version(),
-                    "torch": torch.__version__,
-                    "numpy": np.__version__,
-                    "h5py": h5py.__version__,
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                }
-            )
+            write_header(f, args)
             f.attrs["process_options"] = json.dumps(
                 {f"D={D:g}": PFGMPP(D=D).options_dict() for D in floats(args.D)}
             )

@@ -34,7 +34,6 @@ next run. Presence is completion: a group or dataset exists only once fully writ
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,11 +64,7 @@ def create(
     with RunWriter(
         path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
     ) as run:
-        run.set_attrs(
-            kind="bench",
-            python_version=platform.python_version(),
-            git_commit=git_commit() or "unknown",
-        )
+        run.set_attrs(kind="bench", git_commit=git_commit() or "unknown")
 
 
 def append(path: Path, write: Callable[[h5py.File], None]) -> None:

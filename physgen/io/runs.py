@@ -1,6 +1,6 @@
 """Run files (HDF5): one per ``train``/``sample``/``bench`` run, published atomically.
 
-Layout: root attributes (``physgen_run_format``, physgen and torch versions, git commit,
+Layout: root attributes (``physgen_run_format``, physgen, torch and Python versions, git commit,
 command line, seed, device, start/end time), ``/config`` (a JSON string), ``/samples/<name>``
 (float32, chunked, gzip, with process/sampler/steps/nfe/seed/wall_seconds attributes),
 ``/metrics`` (scalars as attributes), ``/metrics/curves/<name>`` and ``/loss``.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import shlex
 import sys
 from collections.abc import Mapping
@@ -91,6 +92,7 @@ class RunWriter:
             "physgen_run_format": RUN_FORMAT,
             "physgen_version": physgen_version(),
             "torch_version": str(torch.__version__),
+            "python_version": platform.python_version(),
             "git_commit": git_commit(),
             "command": command if command is not None else shlex.join(sys.argv),
             "seed": seed,
