@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from physgen.errors import ConfigError
 from physgen.process import Backbone, append_dims
+from physgen.rng import randn_like
 from physgen_consistency.consistency import (
     ConsistencyOptions,
     ConsistencyProcess,
@@ -75,7 +76,7 @@ class CT(ConsistencyProcess):
         sigmas = self.training_sigmas(self.num_scales(step))
         j = uniform_pairs(len(sigmas), y.shape[0], y, generator)
         sigma, sigma_next = adjacent_sigmas(sigmas, j, y)
-        z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        z = randn_like(y, generator)
         x_next = y + append_dims(sigma_next.to(y.dtype), y.ndim) * z
         x = y + append_dims(sigma.to(y.dtype), y.ndim) * z  # same z (Algorithm 3)
         with torch.no_grad():
@@ -130,7 +131,7 @@ class ICT(ConsistencyProcess):
         probs = ict_index_probs(sigmas, o.P_mean, o.P_std).to(y.device)
         j = torch.multinomial(probs, y.shape[0], replacement=True, generator=generator)
         sigma, sigma_next = adjacent_sigmas(sigmas, j, y)
-        z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        z = randn_like(y, generator)
         x_next = y + append_dims(sigma_next.to(y.dtype), y.ndim) * z
         x = y + append_dims(sigma.to(y.dtype), y.ndim) * z
         with torch.no_grad():

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from physgen.errors import ConfigError
 from physgen.process import Backbone, Process, append_dims
 from physgen.registry import get_registry
+from physgen.rng import randn_like
 from physgen_consistency.consistency import (
     ConsistencyOptions,
     ConsistencyProcess,
@@ -143,7 +144,7 @@ class CD(ConsistencyProcess):
         sigmas = self.training_sigmas(self.options.num_scales)
         j = uniform_pairs(len(sigmas), y.shape[0], y, generator)
         sigma, sigma_next = adjacent_sigmas(sigmas, j, y)
-        z = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        z = randn_like(y, generator)
         x_next = y + append_dims(sigma_next.to(y.dtype), y.ndim) * z
         with torch.no_grad():
             x = self.teacher_step(x_next, sigma_next, sigma, cond)  # Algorithm 2, Φ(·; φ)

@@ -46,6 +46,7 @@ from physgen.process import (
     gaussian_logp,
     gaussian_prior,
 )
+from physgen.rng import randn_like
 from physgen_diffusion.vp import sigma64, vp_denoise
 
 SCHEDULES = ("linear", "cosine")
@@ -148,7 +149,7 @@ class DDPM(GaussianProcess):
         t = torch.randint(1, T + 1, (y.shape[0],), generator=generator, device=y.device)
         alpha_bar = self.alphas_cumprod.to(y.device)[t - 1]
         alpha_bar = append_dims(alpha_bar, y.ndim).to(y.dtype)
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        noise = randn_like(y, generator)
         x_t = alpha_bar.sqrt() * y + (1 - alpha_bar).sqrt() * noise  # Ho eq. 4
         eps_hat = net(x_t, (t - 1).to(y.dtype), cond)
         return (noise - eps_hat).pow(2).flatten(1).mean(1)  # Ho eq. 14, per example

@@ -24,6 +24,7 @@ from physgen.process import (
     gaussian_prior,
     karras_sigmas,
 )
+from physgen.rng import randn_like
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class EDM(GaussianProcess):
         rnd = torch.randn(y.shape[0], generator=generator, device=y.device, dtype=y.dtype)
         sigma = (rnd * o.P_std + o.P_mean).exp()  # ln σ ~ N(P_mean, P_std²), EDM §5
         weight = (sigma**2 + o.sigma_data**2) / (sigma * o.sigma_data) ** 2  # λ(σ), Table 1
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        noise = randn_like(y, generator)
         x = y + append_dims(sigma, y.ndim) * noise
         denoised = edm_denoise(net, x, sigma, o.sigma_data, cond)
         return weight * (denoised - y).pow(2).flatten(1).mean(1)  # EDM eq. 8, per example

@@ -33,6 +33,7 @@ from physgen.process import (
     gaussian_logp,
     gaussian_prior,
 )
+from physgen.rng import randn_like
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class VE(GaussianProcess):
     ) -> Tensor:
         t = torch.rand(y.shape[0], generator=generator, device=y.device, dtype=y.dtype)
         sigma = self.sigma(t)  # ln σ ~ U[ln σ_min, ln σ_max] (score_sde losses.py)
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        noise = randn_like(y, generator)
         x = y + append_dims(sigma, y.ndim) * noise
         # λ(σ) ||s_θ − ∇ log p(x | y)||² with λ = σ², ∇ log p(x | y) = −n/σ (NCSN eqs. 5–6):
         # σ² ||F/σ + n/σ||² = ||F + n||².

@@ -32,6 +32,7 @@ from physgen.process import (
     gaussian_logp,
     gaussian_prior,
 )
+from physgen.rng import randn_like
 
 
 def sigma64(sigma: Tensor | float, x: Tensor) -> Tensor:
@@ -122,7 +123,7 @@ class VP(GaussianProcess):
         u = torch.rand(y.shape[0], generator=generator, device=y.device, dtype=torch.float64)
         t = eps_t + (1 - eps_t) * u  # t ~ U[ε_t, 1] (score_sde losses.py)
         alpha_bar = append_dims(self.alpha_bar(t), y.ndim).to(y.dtype)
-        noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        noise = randn_like(y, generator)
         x_t = alpha_bar.sqrt() * y + (1 - alpha_bar).sqrt() * noise  # score SDE App. B kernel
         # Denoising score matching with λ(t) = 1 − ᾱ(t) (score SDE eq. 7) is ε-prediction:
         # ||sqrt(1 − ᾱ) s_θ + ε||² = ||ε − ε̂||² (Ho et al. 2020, eq. 14).
