@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from physgen.process import Backbone, append_dims, as_time
+from physgen.rng import Generator, randn
 
-__all__ = ["EDMCoefficients", "edm_coefficients", "edm_denoise"]
+__all__ = ["EDMCoefficients", "edm_coefficients", "edm_denoise", "edm_training_sigma"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +54,14 @@ def edm_denoise(
     n = x.ndim
     out = net(append_dims(c.c_in, n) * x, c.c_noise, class_labels)
     return append_dims(c.c_skip, n) * x + append_dims(c.c_out, n) * out
+
+
+def edm_training_sigma(
+    y: Tensor, P_mean: float, P_std: float, sigma_data: float, generator: Generator | None
+) -> tuple[Tensor, Tensor]:
+    """EDM's training noise levels for a batch ``y`` ``[B, *event]``: ``ln σ ~ N(P_mean,
+    P_std²)`` (EDM §5) and the loss weight ``λ(σ) = (σ² + σ_d²)/(σ σ_d)²`` (EDM Table 1),
+    each ``[B]`` in the dtype of ``y``; one normal draw per example from ``generator``."""
+    rnd = randn((y.shape[0],), generator=generator, device=y.device, dtype=y.dtype)
+    sigma = (rnd * P_std + P_mean).exp()
+    return sigma, (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from physgen.errors import ConfigError
-from physgen.precond import edm_denoise
+from physgen.precond import edm_denoise, edm_training_sigma
 from physgen.process import (
     Backbone,
     GaussianProcess,
@@ -62,9 +62,7 @@ class EDM(GaussianProcess):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         o = self.options
-        rnd = torch.randn(y.shape[0], generator=generator, device=y.device, dtype=y.dtype)
-        sigma = (rnd * o.P_std + o.P_mean).exp()  # ln σ ~ N(P_mean, P_std²), EDM §5
-        weight = (sigma**2 + o.sigma_data**2) / (sigma * o.sigma_data) ** 2  # λ(σ), Table 1
+        sigma, weight = edm_training_sigma(y, o.P_mean, o.P_std, o.sigma_data, generator)
         noise = randn_like(y, generator)
         x = y + append_dims(sigma, y.ndim) * noise
         denoised = edm_denoise(net, x, sigma, o.sigma_data, cond)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from physgen.errors import ConfigError
-from physgen.precond import edm_denoise
+from physgen.precond import edm_denoise, edm_training_sigma
 from physgen.process import (
     Backbone,
     DenoiserView,
@@ -198,9 +198,8 @@ class PFGMPP(Process):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         o = self.options
-        rnd = randn((y.shape[0],), generator=generator, device=y.device, dtype=y.dtype)
-        sigma = (rnd * o.P_std + o.P_mean).exp()  # ln σ ~ N(P_mean, P_std²), r = σ √D (§4)
-        weight = (sigma**2 + o.sigma_data**2) / (sigma * o.sigma_data) ** 2  # λ(σ), EDM Table 1
+        # EDM's σ distribution and weight; the radius is r = σ √D (§4)
+        sigma, weight = edm_training_sigma(y, o.P_mean, o.P_std, o.sigma_data, generator)
         noise = pfgmpp_noise(y.shape, o.D, generator=generator, device=y.device, dtype=y.dtype)
         x = y + append_dims(sigma, y.ndim) * noise  # x ~ p_r(· | y), PFGM++ eq. 4
         denoised = edm_denoise(net, x, sigma, o.sigma_data, cond)

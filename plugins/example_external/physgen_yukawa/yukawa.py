@@ -75,7 +75,7 @@ import torch
 from torch import Tensor
 
 from physgen.errors import ConfigError
-from physgen.precond import edm_denoise
+from physgen.precond import edm_denoise, edm_training_sigma
 from physgen.process import (
     Backbone,
     DenoiserView,
@@ -275,9 +275,8 @@ class Yukawa(Process):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         o = self.options
-        rnd = randn((y.shape[0],), generator=generator, device=y.device, dtype=y.dtype)
-        sigma = (rnd * o.P_std + o.P_mean).exp()  # ln σ ~ N(P_mean, P_std²) (Y8)
-        weight = (sigma**2 + o.sigma_data**2) / (sigma * o.sigma_data) ** 2  # λ(σ), EDM Table 1
+        # ln σ ~ N(P_mean, P_std²) and EDM's λ(σ) (Y8)
+        sigma, weight = edm_training_sigma(y, o.P_mean, o.P_std, o.sigma_data, generator)
         e, v = yukawa_noise(
             sigma, y.shape, o.m, generator=generator, device=y.device, dtype=y.dtype
         )
