@@ -229,7 +229,7 @@ class _Runner:
         """The model's checkpoint, training it first (or finishing its training) if needed."""
         from physgen.api import get_network, get_process
         from physgen.data import load_dataset
-        from physgen.io import load_checkpoint_file
+        from physgen.io import read_checkpoint_meta
         from physgen.training import describe, train
 
         ckpt = self._checkpoint(run)
@@ -254,7 +254,7 @@ class _Runner:
                               **self.suite.network_config)  # fmt: skip
         b = self.suite.train
         resumed = ckpt.is_file()
-        start = load_checkpoint_file(ckpt).step if resumed else 0
+        start = int(read_checkpoint_meta(ckpt).get("step", 0)) if resumed else 0
         try:
             res = train(
                 process, net.to(self.device), train_data, steps=b.steps,

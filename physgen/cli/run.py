@@ -11,7 +11,7 @@ import torch
 
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.data import load_dataset
-from physgen.io import RunWriter, load_checkpoint_file
+from physgen.io import RunWriter, read_checkpoint_meta
 from physgen.plots import plot_curves, plot_image_grid, plot_samples
 
 
@@ -79,7 +79,7 @@ def run_train(
     run_path = out_dir / "train.h5"
     meta = describe(process, net, data)
     if reflow is not None:  # metrics compare a reflowed model with the teacher's data
-        meta["dataset"]["reference"] = _reference_name(load_checkpoint_file(reflow[0]).meta)
+        meta["dataset"]["reference"] = _reference_name(read_checkpoint_meta(reflow[0]))
     result = train(
         process,
         net.to(device),

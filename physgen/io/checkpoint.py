@@ -32,6 +32,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "RawCheckpoint",
     "load_checkpoint_file",
+    "read_checkpoint_meta",
     "restore_module",
     "restore_optimizer",
     "save_checkpoint",
@@ -236,6 +237,13 @@ def _physgen_meta(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint (step, process, network, dataset, ...) from its
+    header alone: no tensor is read. Checked like :func:`load_checkpoint_file`."""
+    path = Path(path)
+    return _physgen_meta(path, _read_header(path))
+
+
 def load_checkpoint_file(path: str | os.PathLike[str]) -> RawCheckpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU).
 
@@ -243,7 +251,7 @@ def load_checkpoint_file(path: str | os.PathLike[str]) -> RawCheckpoint:
     safetensors header is checked for truncation before any tensor is read.
     """
     path = Path(path)
-    meta = _physgen_meta(path, _read_header(path))
+    meta = read_checkpoint_meta(path)
     try:
         tensors = safetensors.torch.load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own error types
