@@ -37,6 +37,7 @@ from physgen.process import ODEView, PriorFn, Process
 from physgen.rng import StackedGenerator, randn
 
 __all__ = [
+    "PAIRS_SEED_OFFSET",
     "Pairs",
     "gaussian_scale",
     "generate_pairs",
@@ -47,6 +48,9 @@ __all__ = [
     "write_pairs",
 ]
 
+#: Offset of the reflow pairs' seed from the student's run seed, so that the student's training
+#: noise does not replay the noise its pairs were integrated from.
+PAIRS_SEED_OFFSET = 1_000_003
 #: ``z_law`` values: ``z ~ N(0, I)``, or ``z`` is the teacher's prior state as drawn
 Z_LAWS = ("standard_normal", "teacher_prior")
 _SUFFIXES = (".npz", ".h5", ".hdf5")

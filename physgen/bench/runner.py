@@ -291,11 +291,11 @@ class _Runner:
     def _reflow_pairs(self, run: str, teacher: Path, seed: int) -> Path:
         """The reflow pairs ``(z, ODE(z))`` of ``teacher`` for ``run`` (Liu et al. 2023),
         generated once (dopri5) and written atomically beside the checkpoints."""
-        from physgen.reflow import reflow_dataset
+        from physgen.reflow import PAIRS_SEED_OFFSET, reflow_dataset
 
         path = self.ckpt_dir / f"{run}.{self.tag}.pairs.npz"
         if not path.is_file():
-            reflow_dataset(teacher, self.suite.n_data, seed=seed + 1_000_003, out_path=path,
+            reflow_dataset(teacher, self.suite.n_data, seed=seed + PAIRS_SEED_OFFSET, out_path=path,
                            device=self.device)  # fmt: skip
         return path
 

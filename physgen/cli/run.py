@@ -135,7 +135,7 @@ def _reflow_pairs(
     """The run's reflow pair file (Liu et al. 2023): ``n`` pairs ``(z, ODE(z))`` from the
     ``teacher`` checkpoint, written once; a resumed run trains on the file it already has."""
     from physgen.errors import ConfigError
-    from physgen.reflow import reflow_dataset
+    from physgen.reflow import PAIRS_SEED_OFFSET, reflow_dataset
 
     if "pairs" not in process.options_dict():
         raise ConfigError(
@@ -146,8 +146,8 @@ def _reflow_pairs(
     if resume and path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    # A seed stream apart from the student's: its training noise must not replay the pairs'.
-    reflow_dataset(teacher, n, sampler=sampler, seed=seed + 1_000_003, out_path=path, device=device)
+    seed += PAIRS_SEED_OFFSET  # a stream apart from the student's training noise
+    reflow_dataset(teacher, n, sampler=sampler, seed=seed, out_path=path, device=device)
     click.echo(f"reflow: {n} pairs from {teacher} ({sampler}) -> {path}")
     return path
 
