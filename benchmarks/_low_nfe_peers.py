@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from physgen.process import CountedFn
+from physgen.core.process import CountedFn
 
 F64 = torch.float64
 Denoiser = Callable[[Tensor, Tensor], Tensor]

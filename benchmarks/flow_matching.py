@@ -19,7 +19,7 @@ Optimal Transport", §5.1 (8 gaussians → moons); Liu et al. (2023), "Flow Stra
 For each model: exact W2 (POT ``ot.emd2``, squared Euclidean cost, equal-size sets) between
 ``--n-eval`` samples and fresh target samples, for Euler at NFE 1, 2, 4, 8, 100 and dopri5
 (rtol = atol = 1e-5; its NFE is reported); the straightness ``S`` of the learned flow
-(:func:`physgen.reflow.straightness`, RK4, 100 steps); the coupling's cost per training
+(:func:`physgen.sampling.reflow.straightness`, RK4, 100 steps); the coupling's cost per training
 step and the whole step's cost (ms). ``W2(data, data)`` of two fresh target sets is the floor.
 
 Results go to one HDF5 run file (atomic) with a PNG beside it::
@@ -46,8 +46,8 @@ from torch import Tensor, nn
 
 import physgen
 from physgen.io import RunWriter
-from physgen.reflow import straightness, write_pairs
 from physgen.sampling import sample
+from physgen.sampling.reflow import straightness, write_pairs
 
 #: (sampler, steps) of the evaluation grid; dopri5's NFE is whatever it spends
 SAMPLERS = [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("euler", 100), ("dopri5", 1)]

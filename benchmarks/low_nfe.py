@@ -3,7 +3,8 @@ diffusers, all driving the same exact denoiser (issue 9).
 
 Problem: an isotropic Gaussian mixture in R^d (``--dim`` 32, ``--components`` 12, std
 ``--std`` 0.07, means ~ N(0, 0.5² I) so σ_data ≈ 0.5), whose denoiser is closed form
-(:class:`physgen.oracles.GaussianMixture`, math.md §6), on EDM's range σ ∈ [0.002, 80]. Every
+(:class:`physgen.testing.oracles.GaussianMixture`, math.md §6), on EDM's range
+σ ∈ [0.002, 80]. Every
 sampler starts from the same prior draws ``x ~ N(0, 80² I)`` and ends at σ = 0, where each one
 returns ``D(x; σ_min)`` (its step into σ = 0). The reference is the same map computed tightly:
 float64 dopri5 (rtol = atol = ``--ref-tol`` 1e-8) from 80 to 0.002, then ``D(·; 0.002)``.
@@ -53,9 +54,9 @@ from _low_nfe_peers import peer_runs
 from _low_nfe_report import markdown, write
 from torch import Tensor
 
-from physgen.oracles import GaussianMixture
-from physgen.process import CountedFn, DenoiserView
+from physgen.core.process import CountedFn, DenoiserView
 from physgen.solvers import grids, multistep, ode
+from physgen.testing.oracles import GaussianMixture
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0

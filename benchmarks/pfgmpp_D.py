@@ -40,11 +40,11 @@ from _common import write_header
 from physgen_poisson.pfgmpp import PFGMPP
 from torch import Tensor, nn
 
+from physgen.core.precond import edm_coefficients
 from physgen.data import load_dataset
 from physgen.io import atomic_write
 from physgen.metrics import mmd_rbf, sliced_w2
 from physgen.nets import MLP
-from physgen.precond import edm_coefficients
 from physgen.sampling import sample
 
 #: robustness variants: perturb every denoiser call, or all but the final one at σ_min

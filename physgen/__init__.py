@@ -34,20 +34,20 @@ _EXPORTS = {
     "sample": "physgen.sampling",
     "SampleSet": "physgen.sampling",
     "read_run": "physgen.io",
-    "Process": "physgen.process",
+    "Process": "physgen.core.process",
     "PhysgenError": "physgen.errors",
-    "hookimpl": "physgen.hookspecs",
+    "hookimpl": "physgen.registry.hookspecs",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
     from physgen.api import Checkpoint, get_network, get_process, load_checkpoint
+    from physgen.core.process import Process
     from physgen.data import Dataset, load_dataset
     from physgen.errors import PhysgenError
-    from physgen.hookspecs import hookimpl
     from physgen.io import read_run
-    from physgen.process import Process
+    from physgen.registry.hookspecs import hookimpl
     from physgen.sampling import SampleSet, sample
     from physgen.training import TrainResult, train
 

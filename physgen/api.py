@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from physgen.core.process import Process, convert_value, parse_options
 from physgen.errors import CheckpointError, ConfigError, PhysgenError
-from physgen.process import Process, convert_value, parse_options
 from physgen.registry import get_registry
 
 __all__ = ["Checkpoint", "get_network", "get_process", "load_checkpoint"]
@@ -99,10 +99,10 @@ def load_checkpoint(
     The process and network are rebuilt by name through the registry from the file's JSON
     metadata, then the weights are loaded from its safetensors tensors. A latent-mode
     checkpoint also rebuilds its autoencoder (``autoencoder`` supplies the module when it was
-    not a registered one; :func:`physgen.latent.codec_from_checkpoint`).
+    not a registered one; :func:`physgen.training.latent.codec_from_checkpoint`).
     """
     from physgen.io import load_checkpoint_file
-    from physgen.latent import codec_from_checkpoint
+    from physgen.training.latent import codec_from_checkpoint
 
     path = Path(path)
     raw = load_checkpoint_file(path)

@@ -134,7 +134,7 @@ def test_all_with_global_samplers_keeps_the_processes_that_serve_them() -> None:
     [("dpmpp_2m", 7, 7, 7), ("heun", 7, 4, 7), ("heun", 8, 4, 7), ("heun", 1, 1, 1)],
 )
 def test_nfe_budget_takes_the_most_steps_that_fit(sampler, budget, steps, nfe) -> None:  # type: ignore[no-untyped-def]
-    from physgen.process import karras_sigmas
+    from physgen.core.process import karras_sigmas
 
     spec = get_registry().sampler(sampler)
     grid = lambda n: karras_sigmas(n, 0.002, 80.0)  # noqa: E731
@@ -143,7 +143,7 @@ def test_nfe_budget_takes_the_most_steps_that_fit(sampler, budget, steps, nfe) -
 
 def test_budget_below_one_step_is_reported() -> None:
     spec = get_registry().sampler("langevin")  # 10 corrector steps per level
-    from physgen.process import karras_sigmas
+    from physgen.core.process import karras_sigmas
 
     steps, cost = steps_for_budget(spec, lambda n: karras_sigmas(n, 0.002, 80.0), 4)
     assert steps == 0 and cost > 4
@@ -157,7 +157,7 @@ def test_rectified_trains_on_its_teachers_reflow_pairs(tmp_path: Path) -> None:
     """A rectified-flow cell reflows its teacher (Liu et al. 2023): its training data is the
     teacher's ODE end points, stored beside the checkpoints. At NFE 1 only dpmpp_2m runs (one
     Heun step costs 2 NFE)."""
-    from physgen.reflow import load_pairs
+    from physgen.sampling.reflow import load_pairs
 
     (tmp_path / "r.toml").write_text(TINY.replace('["edm", "cd"]', '["cfm", "rectified"]')
                                      .replace("[process.cd]\noptions = { num_scales = 6 }\n", "")

@@ -28,11 +28,11 @@ from physgen_consistency.distillation import CD
 from physgen_diffusion.edm import EDM
 from torch import Tensor, nn
 
+from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
 from physgen.metrics import sliced_w2
 from physgen.nets import MLP
 from physgen.registry import get_registry
-from physgen.rng import StackedGenerator
 from physgen.sampling import sample
 
 F64 = torch.float64

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import physgen
+from physgen.core.precond import edm_coefficients
+from physgen.core.process import karras_sigmas, option_docs
 from physgen.errors import ConfigError
-from physgen.precond import edm_coefficients
-from physgen.process import karras_sigmas, option_docs
 from physgen.sampling import sample
 
 

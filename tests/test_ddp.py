@@ -1,4 +1,4 @@
-"""Distributed training (physgen.distributed): a 2-process gloo DDP run equals one process
+"""Distributed training (physgen.training.distributed): a 2-process gloo DDP run equals one process
 with the same global batch split into the same two shards, and its checkpoint resumes in
 one process exactly where the DDP run left off."""
 

@@ -1,7 +1,7 @@
 """Diffusion plugin: DDPM, continuous VP and VE in the σ-frame; ancestral and DDIM samplers.
 
 Every check goes through an independent route: schedules against their closed forms written
-out here, the σ-frame views against the exact Gaussian denoiser of :mod:`physgen.oracles`,
+out here, the σ-frame views against the exact Gaussian denoiser of :mod:`physgen.testing.oracles`,
 samplers against exact flow maps, a tight dopri5 solution, or the forward process's own joint
 law. Statistical tolerances are four standard errors (SE) plus any measured bias, stated beside
 each assertion.
@@ -22,11 +22,11 @@ from physgen_diffusion.vp import VP
 from scipy.integrate import quad
 from torch import Tensor, nn
 
+from physgen.core.process import ODEView, Process, ScoreView, gaussian_prior, karras_sigmas
 from physgen.errors import ConfigError
-from physgen.oracles import GaussianMixture, gaussian_flow
-from physgen.process import ODEView, Process, ScoreView, gaussian_prior, karras_sigmas
 from physgen.registry import get_registry
 from physgen.sampling import compatible_samplers, sample
+from physgen.testing.oracles import GaussianMixture, gaussian_flow
 
 F64 = torch.float64
 MU = torch.tensor([1.0, -0.5, 0.25, 2.0], dtype=F64)

@@ -1,6 +1,7 @@
 """The documentation site: everything public is documented, every example runs, -W builds.
 
-* Coverage: every hook of :mod:`physgen.hookspecs`, every CLI command (walking the click group,
+* Coverage: every hook of :mod:`physgen.registry.hookspecs`, every CLI command (walking the
+  click group,
   so commands added later count), and every public name of every public physgen module (its
   ``__all__``, or the functions and classes it defines) has a docstring (``#:`` comment for
   data) and a module-level ``automodule`` directive under ``docs/``. The slow build test then
@@ -33,8 +34,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: packages not covered by the API pages: the CLI has its own generated reference, and
-#: ``physgen.builtin`` only hands the built-in lists to the hooks
-NOT_API = ("physgen.cli", "physgen.builtin")
+#: ``physgen.registry.builtin`` only hands the built-in lists to the hooks
+NOT_API = ("physgen.cli", "physgen.registry.builtin")
 SKIP_MARK = re.compile(r"^% test: skip \(.+\)\s*$")
 FENCE = re.compile(r"^```(?P<lang>[\w-]+)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
 
@@ -147,7 +148,7 @@ def automoduled() -> set[str]:
 
 
 def hooks() -> dict[str, Any]:
-    from physgen import hookspecs
+    from physgen.registry import hookspecs
 
     return {
         n: f
@@ -198,7 +199,7 @@ def test_every_hook_is_documented():
     assert {"physgen_processes", "physgen_samplers"} <= set(found)
     missing = [n for n, f in found.items() if not (f.__doc__ or "").strip()]
     assert not missing, f"hooks without a docstring: {missing}"
-    assert "physgen.hookspecs" in automoduled()
+    assert "physgen.registry.hookspecs" in automoduled()
 
 
 def test_every_cli_command_is_documented():
@@ -335,7 +336,7 @@ def test_site_builds_with_warnings_as_errors_and_shows_every_public_name(built_s
     shown = {name for role, items in inv.items() if role.startswith("py:") for name in items}
     missing = sorted(q for q in documented_objects() if q not in shown)
     assert not missing, f"public names absent from the built API pages: {missing}"
-    missing_hooks = [n for n in hooks() if f"physgen.hookspecs.{n}" not in shown]
+    missing_hooks = [n for n in hooks() if f"physgen.registry.hookspecs.{n}" not in shown]
     assert not missing_hooks, f"hooks absent from the built hook reference: {missing_hooks}"
 
 

@@ -198,7 +198,7 @@ TRAIN_ARGS = (
 
 TRAIN_CHILD = """
 import physgen.io.checkpoint as ck
-import physgen.training as training
+import physgen.training.loop as training
 from physgen.cli import main
 
 kill_at = int(sys.argv[1])

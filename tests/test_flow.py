@@ -37,10 +37,12 @@ from physgen_flow.matching import (
 from torch import Tensor, nn
 
 import physgen
+from physgen.core.process import ODEView, ScoreView, append_dims
+from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError, DataError
-from physgen.oracles import empirical_denoiser, flow_matching_velocity
-from physgen.process import ODEView, ScoreView, append_dims
-from physgen.reflow import (
+from physgen.registry import get_registry
+from physgen.sampling import sample
+from physgen.sampling.reflow import (
     Pairs,
     gaussian_scale,
     generate_pairs,
@@ -49,9 +51,7 @@ from physgen.reflow import (
     straightness,
     write_pairs,
 )
-from physgen.registry import get_registry
-from physgen.rng import StackedGenerator
-from physgen.sampling import sample
+from physgen.testing.oracles import empirical_denoiser, flow_matching_velocity
 
 MU = torch.tensor([1.0, -0.5], dtype=torch.float64)
 S = 0.5
@@ -421,7 +421,7 @@ class EDMGaussianNet(nn.Module):
         self.anchor = nn.Parameter(torch.zeros((), dtype=torch.float64))
 
     def forward(self, x_in: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        from physgen.precond import edm_coefficients
+        from physgen.core.precond import edm_coefficients
 
         sigma = (4 * c_noise.double()).exp()  # c_noise = ln σ / 4 (EDM Table 1)
         c = edm_coefficients(sigma, self.sigma_data)
@@ -435,7 +435,7 @@ class EDMGaussianNet(nn.Module):
 def test_reflow_pairs_from_an_edm_teacher() -> None:
     """Any process with an ODE view: EDM's prior is N(0, 80² I), so z = prior / 80, and x is
     the exact PF-ODE flow map from σ_max (math.md §8) of the prior state."""
-    from physgen.oracles import gaussian_flow
+    from physgen.testing.oracles import gaussian_flow
 
     edm = physgen.get_process("edm")
     pairs = generate_pairs(edm, EDMGaussianNet(0.5), (2,), 32, sampler="dopri5", steps=18,
@@ -500,7 +500,7 @@ def test_reflow_straightens_the_oracle_flow(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_train_reflow_and_sample_from_checkpoints(tmp_path: Path) -> None:
     from physgen.api import load_checkpoint
-    from physgen.reflow import reflow_dataset
+    from physgen.sampling.reflow import reflow_dataset
 
     data = physgen.load_dataset("moons", 2000, seed=0)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Guidance (physgen.guidance): classifier-free guidance through the backbone for every
+"""Guidance (physgen.sampling.guidance): classifier-free guidance through the backbone for every
 process family, the guidance interval, and classifier guidance on an exact mixture."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from torch import Tensor, nn
 
 from physgen.api import get_process
 from physgen.errors import ConfigError
-from physgen.guidance import GuidedNet
 from physgen.nets import MLP
-from physgen.sampling import _view_fn, sample
+from physgen.sampling import sample
+from physgen.sampling.driver import _view_fn
+from physgen.sampling.guidance import GuidedNet
 
 # One process per family, each with the views a guided sampler may use.
 FAMILIES = {

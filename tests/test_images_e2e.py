@@ -18,8 +18,8 @@ import torch
 
 from physgen.api import get_network, get_process
 from physgen.data import load_dataset
-from physgen.reflow import reflow_dataset
 from physgen.sampling import sample
+from physgen.sampling.reflow import reflow_dataset
 from physgen.training import train
 
 pytest.importorskip("sklearn")

@@ -1,4 +1,4 @@
-"""Latent mode (physgen.latent): autoencoder round trips, unit-std latents, and a process
+"""Latent mode (physgen.training.latent): autoencoder round trips, unit-std latents, and a process
 trained and sampled in latent space end to end through a checkpoint."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.errors import CheckpointError, ConfigError
-from physgen.latent import encode_dataset, fit_autoencoder, load_codec, save_codec
 from physgen.nets.autoencoder import ConvAutoencoder, MLPAutoencoder
 from physgen.training import train
+from physgen.training.latent import encode_dataset, fit_autoencoder, load_codec, save_codec
 
 
 def _plane_data(n: int = 2048, dim: int = 8) -> tuple[Tensor, Tensor]:

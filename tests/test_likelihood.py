@@ -1,4 +1,4 @@
-"""Exact log-likelihood (physgen.likelihood) against closed-form smoothed densities.
+"""Exact log-likelihood (physgen.sampling.likelihood) against closed-form smoothed densities.
 
 Gaussian data ``y ~ N(μ, Σ)`` under ``x = y + σ n`` has ``p_σ = N(μ, Σ + σ² I)`` and denoiser
 ``D(x; σ) = μ + Σ (Σ + σ² I)⁻¹ (x − μ)`` (math.md §8); a Gaussian mixture has the denoiser of
@@ -14,9 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.likelihood import DIVERGENCES, LikelihoodResult, bits_per_dim, log_likelihood
-from physgen.process import (
+from physgen.core.process import (
     DenoiserView,
     ODEView,
     ScoreView,
@@ -25,6 +23,8 @@ from physgen.process import (
     gaussian_prior,
     karras_sigmas,
 )
+from physgen.errors import ConfigError
+from physgen.sampling.likelihood import DIVERGENCES, LikelihoodResult, bits_per_dim, log_likelihood
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 TIGHT = {"rtol": 1e-7, "atol": 1e-7}

@@ -10,12 +10,12 @@ import pytest
 import torch
 from physgen_diffusion.edm import EDM
 
+from physgen.core.process import CountedFn, DenoiserView, append_dims, karras_sigmas
 from physgen.errors import ConfigError
 from physgen.nets import MLP
-from physgen.oracles import GaussianMixture
-from physgen.process import CountedFn, DenoiserView, append_dims, karras_sigmas
 from physgen.sampling import sample
 from physgen.solvers import grids, multistep, ode
+from physgen.testing.oracles import GaussianMixture
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0  # EDM's range: D is flat at σ_max (module docstring)

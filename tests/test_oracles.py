@@ -10,16 +10,16 @@ import pytest
 import torch
 from scipy import stats
 
+from physgen.core.process import DenoiserView, karras_sigmas
 from physgen.errors import ConfigError
-from physgen.oracles import (
+from physgen.solvers.ode import dopri5, rk4
+from physgen.testing.oracles import (
     GaussianMixture,
     empirical_denoiser,
     flow_matching_velocity,
     gaussian_flow,
     pfgmpp_denoiser,
 )
-from physgen.process import DenoiserView, karras_sigmas
-from physgen.solvers.ode import dopri5, rk4
 
 F64 = torch.float64
 
@@ -193,7 +193,7 @@ def test_empirical_denoiser_equals_mixture_of_narrow_components():
 def test_empirical_denoiser_chunking_is_invisible(monkeypatch):
     data, x = _points(300, 4, seed=13), _points(7, 4, seed=14)
     whole = empirical_denoiser(data)(x, 0.5)
-    monkeypatch.setattr("physgen.oracles._CHUNK_ELEMENTS", 7 * 4 * 16)  # 16 points a chunk
+    monkeypatch.setattr("physgen.testing.oracles._CHUNK_ELEMENTS", 7 * 4 * 16)  # 16 points a chunk
     torch.testing.assert_close(empirical_denoiser(data)(x, 0.5), whole)
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import Tensor
 
+from physgen.core.process import CountedFn, append_dims, karras_sigmas
+from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
-from physgen.process import CountedFn, append_dims, karras_sigmas
-from physgen.rng import StackedGenerator
 from physgen.solvers import sde
 
 MU = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torchdiffeq import odeint
 
+from physgen.core.process import CountedFn, DenoiserView, karras_sigmas
 from physgen.errors import ConfigError, SolverError
-from physgen.oracles import GaussianMixture, empirical_denoiser
-from physgen.process import CountedFn, DenoiserView, karras_sigmas
 from physgen.solvers import Sampler, multistep, ode
+from physgen.testing.oracles import GaussianMixture, empirical_denoiser
 
 F64 = torch.float64
 SIGMA_MIN, SIGMA_MAX = 0.05, 5.0

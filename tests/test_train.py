@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from physgen.core.process import Process
 from physgen.errors import CheckpointError, ConfigError, TrainingError
 from physgen.io import load_checkpoint_file
-from physgen.process import Process
 from physgen.training import describe, train
 
 

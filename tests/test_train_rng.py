@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from physgen._train_loop import _step_seed
 from physgen.api import get_network, get_process
 from physgen.training import train
+from physgen.training._steps import _step_seed
 
 OPTS: dict[str, Any] = dict(batch_size=4, lr=2e-3, progress=False, log_every=2)
 

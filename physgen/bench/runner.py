@@ -291,7 +291,7 @@ class _Runner:
     def _reflow_pairs(self, run: str, teacher: Path, seed: int) -> Path:
         """The reflow pairs ``(z, ODE(z))`` of ``teacher`` for ``run`` (Liu et al. 2023),
         generated once (dopri5) and written atomically beside the checkpoints."""
-        from physgen.reflow import PAIRS_SEED_OFFSET, reflow_dataset
+        from physgen.sampling.reflow import PAIRS_SEED_OFFSET, reflow_dataset
 
         path = self.ckpt_dir / f"{run}.{self.tag}.pairs.npz"
         if not path.is_file():

@@ -73,7 +73,7 @@ class UserError(click.ClickException):
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is None:
         return
-    from physgen.config import load_toml_defaults
+    from physgen.cli.config import load_toml_defaults
 
     try:
         ctx.default_map = load_toml_defaults(value, set(COMMANDS))

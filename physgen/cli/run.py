@@ -10,9 +10,9 @@ import click
 import torch
 
 from physgen.api import get_network, get_process, load_checkpoint
+from physgen.cli.plots import plot_curves, plot_image_grid, plot_samples
 from physgen.data import load_dataset
 from physgen.io import RunWriter, read_checkpoint_meta
-from physgen.plots import plot_curves, plot_image_grid, plot_samples
 
 
 def run_train(
@@ -46,9 +46,9 @@ def run_train(
     channels_last: bool = False,
     shards: int | None = None,
 ) -> None:
-    from physgen.distributed import init_distributed
-    from physgen.latent import resolve_latent
     from physgen.training import describe, train
+    from physgen.training.distributed import init_distributed
+    from physgen.training.latent import resolve_latent
 
     # Validate everything cheap before any work: names, options, data.
     process = get_process(process_name, **process_options)
@@ -135,7 +135,7 @@ def _reflow_pairs(
     """The run's reflow pair file (Liu et al. 2023): ``n`` pairs ``(z, ODE(z))`` from the
     ``teacher`` checkpoint, written once; a resumed run trains on the file it already has."""
     from physgen.errors import ConfigError
-    from physgen.reflow import PAIRS_SEED_OFFSET, reflow_dataset
+    from physgen.sampling.reflow import PAIRS_SEED_OFFSET, reflow_dataset
 
     if "pairs" not in process.options_dict():
         raise ConfigError(
@@ -307,8 +307,8 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
 def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
     """Straightness of the model's own ODE (Liu et al. 2023) from the prior draws of the
     first ``n`` samples (same per-sample generators), RK4 on 64 steps of its grid."""
-    from physgen.reflow import straightness
-    from physgen.rng import StackedGenerator
+    from physgen.core.rng import StackedGenerator
+    from physgen.sampling.reflow import straightness
 
     view = ckpt.process.view("ode", ckpt.net)
     gen = StackedGenerator.for_samples(seed, 0, n, device)
@@ -318,8 +318,8 @@ def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
 
 
 def _sampler_options(spec: Any, name: str, raw: dict[str, str]) -> dict[str, Any]:
+    from physgen.core.process import convert_value
     from physgen.errors import ConfigError
-    from physgen.process import convert_value
 
     out = {}
     for key, value in raw.items():
@@ -352,7 +352,7 @@ def _reference(meta: dict[str, Any], n: int, seed: int) -> torch.Tensor | None:
 
 def describe_plugins(kind: str | None) -> str:
     """The text of ``physgen plugins``."""
-    from physgen.process import VIEWS
+    from physgen.core.process import VIEWS
     from physgen.registry import KINDS, get_registry
 
     reg = get_registry()
@@ -390,7 +390,7 @@ def describe_plugins(kind: str | None) -> str:
 
 
 def _option_lines(options_cls: type) -> list[str]:
-    from physgen.process import option_docs
+    from physgen.core.process import option_docs
 
     docs = option_docs(options_cls)
     out = []

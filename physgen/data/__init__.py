@@ -243,7 +243,7 @@ def _check_options(what: str, loader: Any, options: dict[str, Any]) -> dict[str,
     """``options`` checked against ``loader``'s keyword parameters (an unknown one is a
     one-line ConfigError naming those accepted), strings converted to the type of each
     parameter's default (``flip=true`` from the command line)."""
-    from physgen.process import convert_value
+    from physgen.core.process import convert_value
 
     try:
         params = inspect.signature(loader).parameters.values()
@@ -268,5 +268,5 @@ def _check_options(what: str, loader: Any, options: dict[str, Any]) -> dict[str,
 from physgen.data.images import DATASETS as _IMAGE_DATASETS  # noqa: E402
 from physgen.data.toy2d import DATASETS as _TOY_DATASETS  # noqa: E402
 
-#: the built-in datasets, handed to the ``physgen_datasets`` hook by :mod:`physgen.builtin`
+#: the built-in datasets, handed to the ``physgen_datasets`` hook by :mod:`physgen.registry.builtin`
 DATASETS = [*_TOY_DATASETS, *_IMAGE_DATASETS]

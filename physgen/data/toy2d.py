@@ -31,7 +31,7 @@ from physgen.errors import ConfigError, DataError
 from physgen.registry import DatasetEntry
 
 if TYPE_CHECKING:
-    from physgen.oracles import GaussianMixture
+    from physgen.testing.oracles import GaussianMixture
 
 __all__ = [
     "DATASETS",
@@ -257,12 +257,12 @@ def _mixture_dataset(
 
 
 def gmm_of(dataset: Dataset, *, dtype: torch.dtype = torch.float64) -> GaussianMixture:
-    """The exact :class:`~physgen.oracles.GaussianMixture` a mixture dataset was drawn from.
+    """The exact :class:`~physgen.testing.oracles.GaussianMixture` a mixture dataset was drawn from.
 
     Works for any dataset whose ``info["mixture"]`` holds ``weights [K]``, ``means [K][N]`` and
     ``stds [K]`` (``gmm``, ``8gaussians``); parameters come back in ``dtype``.
     """
-    from physgen.oracles import GaussianMixture
+    from physgen.testing.oracles import GaussianMixture
 
     mixture = dataset.info.get("mixture")
     if not isinstance(mixture, dict) or not {"weights", "means", "stds"} <= mixture.keys():

@@ -57,7 +57,7 @@ __all__ = [
     "w2",
 ]
 
-#: the built-in metrics, handed to the ``physgen_metrics`` hook by :mod:`physgen.builtin`
+#: the built-in metrics, handed to the ``physgen_metrics`` hook by :mod:`physgen.registry.builtin`
 METRICS = [
     MetricEntry(
         "sliced_w2", sliced_w2, "sliced Wasserstein-2 over 256 random projections (seeded)"

@@ -2,7 +2,8 @@
 
 Not a set metric — it needs the model — so it is not in :data:`physgen.metrics.METRICS`; call
 :func:`nll` with ``process.view("ode", net)`` and held-out data. The density comes from
-:func:`physgen.likelihood.log_likelihood` (instantaneous change of variables, Chen et al. 2018,
+:func:`physgen.sampling.likelihood.log_likelihood` (instantaneous change of variables,
+Chen et al. 2018,
 Theorem 1; math.md §1).
 """
 
@@ -15,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from physgen.core.process import ODEView
+from physgen.core.rng import Generator
 from physgen.errors import ConfigError
-from physgen.likelihood import bits_per_dim, log_likelihood
-from physgen.process import ODEView
-from physgen.rng import Generator
+from physgen.sampling.likelihood import bits_per_dim, log_likelihood
 
 __all__ = ["NLLScore", "nll"]
 
@@ -59,7 +60,8 @@ def nll(
 ) -> NLLScore:
     """NLL and bits/dim of ``data`` ``[n, *event]`` under the PF-ODE ``view``, in batches of
     ``batch_size``. ``offset``: added to bits/dim (7 for 8-bit data in [−1, 1] with uniform
-    dequantisation, math.md §1). ``options`` go to :func:`~physgen.likelihood.log_likelihood`
+    dequantisation, math.md §1). ``options`` go to
+    :func:`~physgen.sampling.likelihood.log_likelihood`
     (``divergence``, ``method``, ``rtol``, ``atol``, ``steps_grid``, ``hutchinson_samples``);
     ``generator`` draws Hutchinson probes."""
     if batch_size < 1:

@@ -29,7 +29,8 @@ def _unet(
     return UNet(tuple(event_shape), num_classes=num_classes, **unet_config(preset, **config))
 
 
-#: the built-in backbones, handed to the ``physgen_networks`` hook by :mod:`physgen.builtin`
+#: the built-in backbones, handed to the ``physgen_networks`` hook by
+#: :mod:`physgen.registry.builtin`
 NETWORKS = [
     NetworkEntry(
         name="mlp",

@@ -1,5 +1,5 @@
-"""Small autoencoders for latent mode (:mod:`physgen.latent`): a convolutional one for images
-``[C, H, W]`` and an MLP one for vectors ``[dim]``.
+"""Small autoencoders for latent mode (:mod:`physgen.training.latent`): a convolutional one
+for images ``[C, H, W]`` and an MLP one for vectors ``[dim]``.
 
 Each has ``encode(x) -> z`` and ``decode(z) -> x`` and is rebuilt from its name and JSON
 config (:data:`AUTOENCODERS`), so a checkpoint stores only weights and metadata — loading it

@@ -7,9 +7,9 @@ Every sampler has one signature::
 ``f`` is the function of the view the sampler needs (``ode``: the field ``dx/dt``;
 ``denoiser`` and ``score``: the denoiser ``D(x; σ)``; ``consistency``: ``f(x, σ)``), ``x`` the
 prior draw at ``grid[0]``, ``grid`` the float64 times from prior to data (see
-:mod:`physgen.process` for the conventions). ``on_step(i, x)`` is called after step ``i``.
+:mod:`physgen.core.process` for the conventions). ``on_step(i, x)`` is called after step ``i``.
 Solvers know no process; they never count NFE themselves (the driver wraps ``f`` in a
-:class:`~physgen.process.CountedFn`), and stochastic ones draw noise only from ``generator``.
+:class:`~physgen.core.process.CountedFn`), and stochastic ones draw noise only from ``generator``.
 
 A :class:`Sampler` record declares what a solver is, as data: the view it needs, its order,
 whether it is stochastic, and how many evaluations it spends for a number of steps.

@@ -41,8 +41,8 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
+from physgen.core.process import convert_value, karras_sigmas
 from physgen.errors import ConfigError
-from physgen.process import convert_value, karras_sigmas
 
 __all__ = [
     "SCHEDULES",

@@ -369,7 +369,7 @@ def _record(name: str, fn: Callable[..., Tensor], order: int, description: str) 
     )  # fmt: skip
 
 
-#: the multistep samplers, registered by :mod:`physgen.builtin`
+#: the multistep samplers, registered by :mod:`physgen.registry.builtin`
 SAMPLERS: list[Sampler] = [
     _record("dpmpp_2m", dpmpp_2m, 2,
             "DPM-Solver++(2M), 2nd-order multistep in λ = −ln σ (Lu et al. 2022)"),

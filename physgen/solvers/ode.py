@@ -1,7 +1,7 @@
 """ODE solvers on the ``ode`` view: fixed-step explicit Runge–Kutta and torchdiffeq's adaptive.
 
 Each integrates ``dx/dt = f(x, t)`` over ``grid`` (float64, prior end first; see
-:mod:`physgen.process`). Time stays float64; the state keeps its own dtype; ``f`` receives
+:mod:`physgen.core.process`). Time stays float64; the state keeps its own dtype; ``f`` receives
 ``grid``-precision 0-dim times and casts them itself.
 
 The σ = 0 rule: on a σ-grid ending at 0, ``dx/dσ = (x − D)/σ`` is 0/0 at the last point, so
@@ -287,7 +287,7 @@ _TOLERANCES = {
     "max_steps": 10_000,  # accepted + rejected steps per output interval before giving up
 }
 
-#: the ODE samplers, registered by :mod:`physgen.builtin`
+#: the ODE samplers, registered by :mod:`physgen.registry.builtin`
 SAMPLERS: list[Sampler] = [
     Sampler(
         name="euler",

@@ -9,8 +9,8 @@ the score is ``∇ log p(x; σ) = (D(x; σ) − x) / σ²``; ``x`` the prior dra
 ``grid[0]``; ``grid`` the float64 σ-grid, decreasing, normally ending at 0. A step that lands on
 σ = 0 takes the denoiser's output and adds no noise: there the score is undefined and the
 reverse SDE, the PF-ODE and Tweedie's formula all agree on ``x = D(x; σ_i)``. Noise is drawn
-only through :func:`physgen.rng.randn_like` from ``generator`` (a ``torch.Generator`` or a
-:class:`~physgen.rng.StackedGenerator`); per-example quantities are computed per example, so a
+only through :func:`physgen.core.rng.randn_like` from ``generator`` (a ``torch.Generator`` or a
+:class:`~physgen.core.rng.StackedGenerator`); per-example quantities are computed per example, so a
 sample never depends on the batch it is drawn in.
 
 References
@@ -34,9 +34,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from physgen.core.process import append_dims, convert_value
+from physgen.core.rng import Generator, randn_like
 from physgen.errors import ConfigError
-from physgen.process import append_dims, convert_value
-from physgen.rng import Generator, randn_like
 from physgen.solvers import Sampler
 
 __all__ = ["SAMPLERS", "em", "heun_churn", "langevin", "langevin_corrector", "langevin_step", "pc"]
@@ -331,7 +331,7 @@ def _nfe_pc(grid: Tensor, corrector_steps: int = 1) -> int:
     return n + corrector_steps * inner
 
 
-#: the stochastic samplers, registered by :mod:`physgen.builtin`
+#: the stochastic samplers, registered by :mod:`physgen.registry.builtin`
 SAMPLERS: list[Sampler] = [
     Sampler(
         name="em",

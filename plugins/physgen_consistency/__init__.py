@@ -6,8 +6,8 @@ Processes ``ct``, ``ict`` and ``cd`` (view ``consistency``) and the ``consistenc
 
 from __future__ import annotations
 
-from physgen.hookspecs import hookimpl
 from physgen.registry import ProcessEntry
+from physgen.registry.hookspecs import hookimpl
 from physgen.solvers import Sampler
 
 

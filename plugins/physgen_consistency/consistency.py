@@ -6,7 +6,7 @@ Song & Dhariwal (2024), "Improved Techniques for Training Consistency Models" (I
 A consistency function ``f(x, σ)`` maps every point of a PF-ODE trajectory
 ``dx/dσ = (x − D(x; σ))/σ`` (σ-frame, math.md §1) to its end at ``σ_min``. Training compares
 ``f_θ`` at adjacent points ``σ_i < σ_{i+1}`` of a Karras grid indexed *ascending*,
-``σ_min = σ_1 < … < σ_N = σ_max`` (math.md §4; the sampling grids of :mod:`physgen.process`
+``σ_min = σ_1 < … < σ_N = σ_max`` (math.md §4; the sampling grids of :mod:`physgen.core.process`
 run the other way). Indices in code are 0-based: pair ``j`` is ``(σ_asc[j], σ_asc[j+1])``.
 """
 
@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from physgen.errors import ConfigError
-from physgen.precond import EDMCoefficients, edm_coefficients
-from physgen.process import (
+from physgen.core.precond import EDMCoefficients, edm_coefficients
+from physgen.core.process import (
     Backbone,
     ConsistencyView,
     Process,
@@ -31,7 +30,8 @@ from physgen.process import (
     gaussian_prior,
     karras_sigmas,
 )
-from physgen.rng import Generator, randn_like
+from physgen.core.rng import Generator, randn_like
+from physgen.errors import ConfigError
 
 __all__ = [
     "ConsistencyOptions",

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from physgen.core.process import Backbone, append_dims
+from physgen.core.rng import randn_like
 from physgen.errors import ConfigError
-from physgen.process import Backbone, append_dims
-from physgen.rng import randn_like
 from physgen_consistency.consistency import (
     ConsistencyOptions,
     ConsistencyProcess,

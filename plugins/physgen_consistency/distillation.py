@@ -1,7 +1,7 @@
 """Consistency distillation (CD) from a teacher of any process with a denoiser view.
 
 Song, Dhariwal, Chen, Sutskever (2023), "Consistency Models", Algorithm 2. The teacher is any
-trained process whose ``denoiser`` view speaks the σ-frame of :mod:`physgen.process` — EDM,
+trained process whose ``denoiser`` view speaks the σ-frame of :mod:`physgen.core.process` — EDM,
 VP/VE, PFGM++, flow matching — so its PF-ODE is ``dx/dσ = (x − D(x; σ))/σ`` whatever its own
 training looked like. ``x_i`` is one step of a registered ODE solver (``ode`` view) of that
 field from ``x_{i+1} = y + σ_{i+1} z`` (math.md §4).
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from physgen.core.process import Backbone, Process, append_dims
+from physgen.core.rng import randn_like
 from physgen.errors import ConfigError
-from physgen.process import Backbone, Process, append_dims
 from physgen.registry import get_registry
-from physgen.rng import randn_like
 from physgen_consistency.consistency import (
     ConsistencyOptions,
     ConsistencyProcess,

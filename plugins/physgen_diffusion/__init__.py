@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from physgen.hookspecs import hookimpl
 from physgen.registry import ProcessEntry
+from physgen.registry.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # keep plugin loading free of torch until a hook is called
     from physgen.solvers import Sampler

@@ -37,8 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.process import (
+from physgen.core.process import (
     Backbone,
     GaussianProcess,
     ScoreView,
@@ -46,7 +45,8 @@ from physgen.process import (
     gaussian_logp,
     gaussian_prior,
 )
-from physgen.rng import randn_like
+from physgen.core.rng import randn_like
+from physgen.errors import ConfigError
 from physgen_diffusion.vp import sigma64, vp_denoise
 
 SCHEDULES = ("linear", "cosine")

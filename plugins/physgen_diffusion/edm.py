@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.precond import edm_denoise, edm_training_sigma
-from physgen.process import (
+from physgen.core.precond import edm_denoise, edm_training_sigma
+from physgen.core.process import (
     Backbone,
     GaussianProcess,
     ScoreView,
@@ -24,7 +23,8 @@ from physgen.process import (
     gaussian_prior,
     karras_sigmas,
 )
-from physgen.rng import randn_like
+from physgen.core.rng import randn_like
+from physgen.errors import ConfigError
 
 
 @dataclass(frozen=True)

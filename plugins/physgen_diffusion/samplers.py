@@ -38,8 +38,8 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from physgen.core.rng import Generator, randn_like
 from physgen.errors import ConfigError
-from physgen.rng import Generator, randn_like
 from physgen.solvers import Sampler
 
 __all__ = ["SAMPLERS", "ancestral", "ddim", "ddim_step"]

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.process import (
+from physgen.core.process import (
     Backbone,
     GaussianProcess,
     ScoreView,
@@ -33,7 +32,8 @@ from physgen.process import (
     gaussian_logp,
     gaussian_prior,
 )
-from physgen.rng import randn_like
+from physgen.core.rng import randn_like
+from physgen.errors import ConfigError
 
 
 @dataclass(frozen=True)

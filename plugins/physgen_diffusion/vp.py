@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.process import (
+from physgen.core.process import (
     Backbone,
     GaussianProcess,
     ScoreView,
@@ -32,12 +31,13 @@ from physgen.process import (
     gaussian_logp,
     gaussian_prior,
 )
-from physgen.rng import randn_like
+from physgen.core.rng import randn_like
+from physgen.errors import ConfigError
 
 
 def sigma64(sigma: Tensor | float, x: Tensor) -> Tensor:
     """σ as a ``[B]`` float64 tensor on the device of ``x``: noise labels are computed in double
-    precision (as :mod:`physgen.process` keeps time), so grid σ's map back exactly."""
+    precision (as :mod:`physgen.core.process` keeps time), so grid σ's map back exactly."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
     return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
 

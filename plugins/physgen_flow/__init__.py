@@ -6,13 +6,13 @@ score view where ``x_t / t`` is a Gaussian perturbation of the data); see
 :mod:`physgen_flow.matching`. Couplings ``independent``, ``ot`` and ``sinkhorn`` are looked up
 through the registry, so any process that pairs prior draws with data can use them
 (:mod:`physgen_flow.couplings`). Reflow pairs and the straightness metric:
-:mod:`physgen.reflow` (core: reflow works from any ODE process).
+:mod:`physgen.sampling.reflow` (core: reflow works from any ODE process).
 """
 
 from __future__ import annotations
 
-from physgen.hookspecs import hookimpl
 from physgen.registry import CouplingEntry, ProcessEntry
+from physgen.registry.hookspecs import hookimpl
 
 
 @hookimpl

@@ -30,7 +30,7 @@ from scipy.spatial.distance import cdist
 from torch import Tensor
 
 from physgen.errors import ConfigError, DataError
-from physgen.reflow import Z_LAWS, load_pairs
+from physgen.sampling.reflow import Z_LAWS, load_pairs
 
 __all__ = [
     "Coupling",

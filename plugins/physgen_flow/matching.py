@@ -10,7 +10,7 @@ References
   Generalizing Flow-Based Generative Models with Minibatch Optimal Transport" (TMLR): eq. 14–15
   (I-CFM: path ``t x_1 + (1 − t) x_0``, target ``x_1 − x_0``, any source), eq. 17 (OT-CFM).
 
-Convention (see :mod:`physgen.process`): ``t`` runs from 0 (prior, ``x_0``) to 1 (data,
+Convention (see :mod:`physgen.core.process`): ``t`` runs from 0 (prior, ``x_0``) to 1 (data,
 ``x_1``). The raw backbone's noise label is ``t`` itself, unscaled (in [0, 1], comparable to
 EDM's ``ln σ / 4``); the backbone's output is the velocity ``v_θ(x_t, t)``.
 
@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.process import (
+from physgen.core.process import (
     Backbone,
     DenoiserView,
     ODEView,
@@ -45,7 +44,8 @@ from physgen.process import (
     as_time,
     gaussian_logp,
 )
-from physgen.rng import Generator, StackedGenerator, randn
+from physgen.core.rng import Generator, StackedGenerator, randn
+from physgen.errors import ConfigError
 
 __all__ = [
     "FlowMatching",
@@ -90,7 +90,7 @@ def linear_path(x0: Tensor, x1: Tensor, t: Tensor, sigma_min: float = 0.0) -> Pa
 
 def source_prior(source: str, scale: float = 1.0) -> PriorFn:
     """``scale · x_0`` with ``x_0 ~ N(0, I)`` (``source="gaussian"``) or a registered dataset
-    (Tong et al. 2024's 8gaussians → moons). A :class:`~physgen.rng.StackedGenerator` draws
+    (Tong et al. 2024's 8gaussians → moons). A :class:`~physgen.core.rng.StackedGenerator` draws
     row ``i`` from its own generator, so a draw does not depend on the batch it is in."""
 
     def prior(
@@ -149,7 +149,7 @@ class OTFlowMatchingOptions(FlowMatchingOptions):
 
 @dataclass(frozen=True)
 class RectifiedFlowOptions(PathOptions):
-    pairs: str = ""  # reflow pair file (z, x) written by physgen.reflow; train on it too
+    pairs: str = ""  # reflow pair file (z, x) written by physgen.sampling.reflow; train on it too
 
 
 # --------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from physgen.hookspecs import hookimpl
 from physgen.registry import ProcessEntry
+from physgen.registry.hookspecs import hookimpl
 
 
 @hookimpl

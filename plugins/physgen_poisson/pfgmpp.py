@@ -22,7 +22,7 @@ for every ``D``, and for ``D → ∞`` the factor ``Y/D → 1`` is computed as a
 as a huge number. ``Gamma(D/2)`` is drawn by Marsaglia & Tsang (2000, "A simple method for
 generating gamma variables", ACM TOMS 26(3)) with rejection, using only standard normals from
 the caller's generator (uniforms as ``Φ(z)``, in log space via ``log_ndtr``), so it works with a
-plain ``torch.Generator`` and with :class:`~physgen.rng.StackedGenerator` (torch's own gamma
+plain ``torch.Generator`` and with :class:`~physgen.core.rng.StackedGenerator` (torch's own gamma
 sampler takes no generator). Everything radial is float64.
 """
 
@@ -35,9 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.precond import edm_denoise, edm_training_sigma
-from physgen.process import (
+from physgen.core.precond import edm_denoise, edm_training_sigma
+from physgen.core.process import (
     Backbone,
     DenoiserView,
     ODEView,
@@ -46,7 +45,8 @@ from physgen.process import (
     append_dims,
     karras_sigmas,
 )
-from physgen.rng import Generator, randn
+from physgen.core.rng import Generator, randn
+from physgen.errors import ConfigError
 
 __all__ = ["PFGMPP", "PFGMPPOptions", "pfgmpp_noise", "pfgmpp_prior_logp", "sample_gamma"]
 
@@ -74,7 +74,7 @@ def sample_gamma(
 ) -> Tensor:
     """``count`` draws of ``Gamma(shape_a, 1)``, float64, exact in distribution (Marsaglia &
     Tsang 2000), from standard normals of ``generator`` only. Row ``i`` is the first accepted
-    candidate of its own stream, so with a :class:`~physgen.rng.StackedGenerator` it does not
+    candidate of its own stream, so with a :class:`~physgen.core.rng.StackedGenerator` it does not
     depend on the batch."""
 
     if device is None and generator is not None:

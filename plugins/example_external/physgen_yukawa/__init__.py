@@ -8,8 +8,8 @@ stays cheap and an error in the process module is reported against this plugin a
 
 from __future__ import annotations
 
-from physgen.hookspecs import hookimpl
 from physgen.registry import ProcessEntry
+from physgen.registry.hookspecs import hookimpl
 
 
 @hookimpl

@@ -6,8 +6,9 @@ the posterior of ``(j, V)`` given ``x`` is ``∝ IG(V) N(x; y_j, σ² V I)``, in
 
     D(x; σ) = x − Σ_j ∫ (g/ḡ)(V) (x − y_j) p(j, V | x) dV.
 
-At ``m = 0`` this is :func:`physgen.oracles.pfgmpp_denoiser` with ``D = 1``; at ``m = inf``
-:func:`physgen.oracles.empirical_denoiser`. With ``field_lines=True`` it is the σ-frame form of
+At ``m = 0`` this is :func:`physgen.testing.oracles.pfgmpp_denoiser` with ``D = 1``; at ``m = inf``
+:func:`physgen.testing.oracles.empirical_denoiser`. With ``field_lines=True`` it is the
+σ-frame form of
 GenPhys's velocity ``v = −∇φ/p`` alone, ``x − (x − E[y | x])/ḡ``: the density flow (Y2) without
 its death term, which for ``m > 0`` does *not* carry the prior to the data law (the tests show
 it). The quadrature runs at 2 nodes per width (posterior means exact to ~1e-9); memory is
@@ -22,9 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from physgen.core.process import as_time
 from physgen.errors import ConfigError
-from physgen.oracles import empirical_denoiser
-from physgen.process import as_time
+from physgen.testing.oracles import empirical_denoiser
 from physgen_yukawa.yukawa import _a, kernel_quadrature, target_ratio
 
 __all__ = ["yukawa_denoiser"]

@@ -49,7 +49,7 @@ flow argument of Lipman et al. 2023, Thm. 1). ``g ∈ (0, 1]``; ``g = 1`` at ``m
 
     dx/dσ = (x − D(x; σ))/σ,   D(x; σ) = E[ŷ | x],   ŷ = y + (1 − g/ḡ)(x − y),
 
-the σ-frame of physgen's :class:`~physgen.process.DenoiserView`. ``D`` is the posterior mean
+the σ-frame of physgen's :class:`~physgen.core.process.DenoiserView`. ``D`` is the posterior mean
 ``E[y | x]`` exactly at ``m = 0`` (PFGM) and ``m = ∞`` (EDM); in between it is the posterior
 mean of the moving point ``ŷ``, and every solver that needs only this ODE form (Heun, RK,
 dopri5, DPM-Solver++) integrates the Yukawa flow. There is no score view: the kernel is not
@@ -74,9 +74,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.errors import ConfigError
-from physgen.precond import edm_denoise, edm_training_sigma
-from physgen.process import (
+from physgen.core.precond import edm_denoise, edm_training_sigma
+from physgen.core.process import (
     Backbone,
     DenoiserView,
     ODEView,
@@ -86,7 +85,8 @@ from physgen.process import (
     gaussian_logp,
     karras_sigmas,
 )
-from physgen.rng import Generator, randn
+from physgen.core.rng import Generator, randn
+from physgen.errors import ConfigError
 
 __all__ = [
     "Yukawa",

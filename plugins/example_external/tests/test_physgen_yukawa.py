@@ -28,13 +28,13 @@ from physgen_yukawa.yukawa import (
     yukawa_prior_logp,
 )
 
+from physgen.core.precond import edm_coefficients
+from physgen.core.process import DenoiserView, gaussian_logp
+from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
-from physgen.oracles import empirical_denoiser, pfgmpp_denoiser
-from physgen.precond import edm_coefficients
-from physgen.process import DenoiserView, gaussian_logp
-from physgen.rng import StackedGenerator
 from physgen.sampling import sample
 from physgen.solvers.ode import rk4
+from physgen.testing.oracles import empirical_denoiser, pfgmpp_denoiser
 
 F64 = torch.float64
 
@@ -257,10 +257,11 @@ def test_oracle_flow_lands_on_data_uniformly():
 @pytest.mark.parametrize("m", [1.0, 5.0])
 def test_likelihood_of_a_point_mass_is_the_kernel(m):
     """Data = one point at 0: p_σ is the kernel. The exact log-likelihood at σ_min through the
-    ODE (Y7) and the prior's density (physgen.likelihood, RK4 on 32 geometric steps) must be
+    ODE (Y7) and the prior's density (physgen.sampling.likelihood, RK4 on 32 geometric steps)
+    must be
     the kernel's own log-density at σ_min: the flow transports densities exactly (measured
     gap 3e-5 at 32 steps, 5e-4 at 16: fourth order)."""
-    from physgen.likelihood import log_likelihood
+    from physgen.sampling.likelihood import log_likelihood
 
     N = 2
     p = Yukawa(m=m, sigma_data=1.0, sigma_min=0.05, sigma_max=10.0)

@@ -23,7 +23,7 @@ Kynkäänniemi et al. (2024, §3). The driver tells the wrapper the current time
 **Classifier guidance** adds ``s ∇_x log p(y | x, σ)`` to the score (Dhariwal & Nichol 2021,
 §4.1 and Algorithm 1; in score form Song et al. 2021, eq. 14). In the σ-frame the score is
 ``(D − x)/σ²``, so the guided denoiser is ``D + s σ² ∇_x log p(y | x, σ)``. It is defined only
-where a score is: on a :class:`~physgen.process.ScoreView`.
+where a score is: on a :class:`~physgen.core.process.ScoreView`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from physgen.core.process import Backbone, ScoreView, append_dims, as_time
 from physgen.errors import ConfigError
-from physgen.process import Backbone, ScoreView, append_dims, as_time
 
 __all__ = ["Classifier", "GuidedNet", "classifier_guided", "uncond_labels"]
 

@@ -35,8 +35,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from physgen.core.rng import Generator, randn
 from physgen.errors import ConfigError
-from physgen.rng import Generator, randn
 
 __all__ = [
     "VIEWS",
@@ -85,7 +85,7 @@ class Backbone(Protocol):
 
 class PriorFn(Protocol):
     """Draws prior samples of shape ``[n, *event_shape]`` at the grid's first point, from a
-    plain or stacked generator (draw through :func:`physgen.rng.randn`)."""
+    plain or stacked generator (draw through :func:`physgen.core.rng.randn`)."""
 
     def __call__(
         self,

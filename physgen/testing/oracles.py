@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from physgen.core.process import append_dims, as_time
 from physgen.errors import ConfigError
-from physgen.process import append_dims, as_time
 
 __all__ = [
     "GaussianMixture",

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from physgen._train_loop import global_rng_base, seeded_global_rng
-from physgen.distributed import dist_info
+from physgen.training._steps import global_rng_base, seeded_global_rng
+from physgen.training.distributed import dist_info
 
 __all__ = ["Trainer", "rng_key"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.process import Backbone, append_dims, as_time
-from physgen.rng import Generator, randn
+from physgen.core.process import Backbone, append_dims, as_time
+from physgen.core.rng import Generator, randn
 
 __all__ = ["EDMCoefficients", "edm_coefficients", "edm_denoise", "edm_training_sigma"]
 

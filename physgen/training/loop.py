@@ -10,7 +10,8 @@ caller's global RNG state is left unchanged. The two generator states, the weigh
 the optimizer and the process state are therefore the whole training state: a run
 interrupted at step k and resumed from its checkpoint reproduces the uninterrupted loss curve
 bitwise on the CPU, with dropout too. The state and its step live in
-:mod:`physgen._trainer`, the step loop in :mod:`physgen._train_loop`; this module checks the
+:mod:`physgen.training._trainer`, the step loop in :mod:`physgen.training._steps`; this
+module checks the
 options, writes and reads the checkpoints and drives both.
 
 The loop never syncs with the device per step: losses stay on the device and are copied to
@@ -30,8 +31,8 @@ unconditional model for classifier-free guidance (Ho & Salimans 2022, Algorithm 
 ``precision="bf16"`` runs the loss under ``torch.autocast`` (weights, EMA and Adam state stay
 float32); ``compile`` trains through ``torch.compile(net)`` while checkpoints hold the
 original module's weights; ``channels_last`` for image data; ``shards`` and DDP
-(:mod:`physgen.distributed`); ``latent`` trains in an autoencoder's latent space
-(:mod:`physgen.latent`).
+(:mod:`physgen.training.distributed`); ``latent`` trains in an autoencoder's latent space
+(:mod:`physgen.training.latent`).
 """
 
 from __future__ import annotations
@@ -45,9 +46,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from physgen._train_loop import Loop
-from physgen._trainer import Trainer, rng_key
-from physgen.distributed import all_gather_objects, barrier, dist_info
 from physgen.errors import CheckpointError, ConfigError, DataError
 from physgen.io import (
     load_checkpoint_file,
@@ -55,6 +53,9 @@ from physgen.io import (
     restore_optimizer,
     save_checkpoint,
 )
+from physgen.training._steps import Loop
+from physgen.training._trainer import Trainer, rng_key
+from physgen.training.distributed import all_gather_objects, barrier, dist_info
 
 __all__ = ["RESUME_KEYS", "TrainResult", "describe", "train"]
 
@@ -283,10 +284,11 @@ def train(
     ``label_dropout`` (p ∈ [0, 1)) trains a conditional net for classifier-free guidance.
     ``shards`` (default: the DDP world size, 1 without DDP) splits each batch into that many
     equal shards with their own noise generators (gradient accumulation); under ``torchrun``
-    each rank trains its share of the shards (:mod:`physgen.distributed`), and rank 0 writes the
+    each rank trains its share of the shards (:mod:`physgen.training.distributed`), and rank 0
+    writes the
     checkpoint. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast on the data's device).
     ``compile`` uses ``torch.compile(net)`` for the loss. ``channels_last`` needs image data
-    ``[n, C, H, W]``. ``latent`` (a :class:`physgen.latent.LatentCodec`, or any module with
+    ``[n, C, H, W]``. ``latent`` (a :class:`physgen.training.latent.LatentCodec`, or any module with
     ``encode``/``decode``, scaled here to unit-std latents) trains ``net`` on the encoded data;
     the checkpoint records the autoencoder so sampling can decode.
     """
@@ -301,7 +303,7 @@ def train(
     device = torch.device(device) if device is not None else _module_device(net)
     codec = None
     if latent is not None:
-        from physgen.latent import as_codec, encode_dataset
+        from physgen.training.latent import as_codec, encode_dataset
 
         codec = as_codec(latent, data, device)
         data = encode_dataset(data, codec)

@@ -12,7 +12,7 @@ torchdiffeq. The divergence is exact (one backward pass per dimension: affordabl
 through the solve (Grathwohl et al. 2019, "FFJORD", eq. 7), which is unbiased for every example.
 With several probes each keeps its own ``Δlogp`` and their spread gives a standard error.
 
-Works for any :class:`~physgen.process.ODEView` with a ``prior_logp`` (diffusion, PFGM++, flow
+Works for any :class:`~physgen.core.process.ODEView` with a ``prior_logp`` (diffusion, PFGM++, flow
 matching). On a σ-grid ending at σ = 0 the integral starts at ``σ_min = grid[-2]``, as is
 standard: ``dx/dσ`` is 0/0 at σ = 0, and what is measured is the log-density of the data
 smoothed by ``N(0, σ_min² I)`` (for data in [−1, 1] with σ_min = 0.002, well below the 8-bit
@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from physgen.core.process import CountedFn, ODEView
+from physgen.core.rng import Generator, randn
 from physgen.errors import ConfigError, SolverError
-from physgen.process import CountedFn, ODEView
-from physgen.rng import Generator, randn
 
 __all__ = ["DIVERGENCES", "LikelihoodResult", "bits_per_dim", "log_likelihood"]
 

@@ -8,7 +8,7 @@ exactly the code path a third-party package uses. Each area keeps its list besid
 
 from __future__ import annotations
 
-from physgen.hookspecs import hookimpl
+from physgen.registry.hookspecs import hookimpl
 
 
 @hookimpl

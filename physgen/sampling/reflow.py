@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from physgen.core.process import ODEView, PriorFn, Process
+from physgen.core.rng import StackedGenerator, randn
 from physgen.errors import ConfigError, DataError
-from physgen.process import ODEView, PriorFn, Process
-from physgen.rng import StackedGenerator, randn
 
 __all__ = [
     "PAIRS_SEED_OFFSET",
@@ -256,7 +256,7 @@ def straightness(
     """Straightness ``S = ∫_0^1 E||(x_1 − x_0) − v(x_t, t)||² dt`` (Liu et al. 2023) of the
     flow from ``x0`` ``[B, *event]`` (drawn from the view's prior), along its own trajectory.
 
-    ``ode``: an :class:`~physgen.process.ODEView` (its grid's time is mapped affinely onto
+    ``ode``: an :class:`~physgen.core.process.ODEView` (its grid's time is mapped affinely onto
     [0, 1], so a σ-grid counts too) or a velocity ``v(x, t)`` on t ∈ [0, 1]. The trajectory
     comes from the registered ODE ``solver`` on ``steps`` steps; over each step the velocity
     is the chord ``Δx_i / Δτ_i``, so ``S ≈ Σ_i Δτ_i E||(x_N − x_0) − Δx_i/Δτ_i||²`` — exactly

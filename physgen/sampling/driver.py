@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from physgen.core.process import CountedFn, Process
+from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
-from physgen.guidance import Classifier, GuidedNet, classifier_guided
-from physgen.process import CountedFn, Process
 from physgen.registry import Registry, get_registry
-from physgen.rng import StackedGenerator
+from physgen.sampling.guidance import Classifier, GuidedNet, classifier_guided
 from physgen.solvers import Sampler
 from physgen.solvers.grids import regrid
 
@@ -88,7 +88,7 @@ def sample(
     ``batch_size``. ``cond`` (``[n]`` class labels) conditions the network. ``options`` are
     keyword options of the sampler function (e.g. ``rtol`` for dopri5, ``S_churn``).
 
-    Guidance (:mod:`physgen.guidance`, every process): ``guidance`` is the classifier-free
+    Guidance (:mod:`physgen.sampling.guidance`, every process): ``guidance`` is the classifier-free
     scale ``w`` (0 unconditional, 1 conditional, > 1 guided; needs ``cond`` and a net trained
     with label dropout), ``guidance_interval`` ``(lo, hi)`` the view times where it applies (σ,
     or t for flow-matching ODE views). ``classifier(x, sigma) -> logits`` adds

@@ -37,7 +37,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def physgen_processes() -> list[ProcessEntry]:
     """Generative processes this plugin provides.
 
-    Each :class:`~physgen.registry.ProcessEntry` names a :class:`~physgen.process.Process`
+    Each :class:`~physgen.registry.ProcessEntry` names a :class:`~physgen.core.process.Process`
     subclass; its ``Options`` dataclass lists the options ``-o name=value`` accepts.
     """
 

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from physgen import hookspecs
 from physgen.errors import ConfigError, PluginError
+from physgen.registry import hookspecs
 
 if TYPE_CHECKING:
-    from physgen.process import Process
+    from physgen.core.process import Process
 
 __all__ = [
+    "DISABLE_ENV",
     "KINDS",
     "CouplingEntry",
     "DatasetEntry",
@@ -37,12 +38,13 @@ __all__ = [
     "get_registry",
 ]
 
+#: environment variable naming entry points to skip, comma-separated
 DISABLE_ENV = "PHYSGEN_DISABLE_PLUGINS"
 
 
 @dataclass(frozen=True)
 class ProcessEntry:
-    """A process a plugin provides: its name, :class:`~physgen.process.Process` subclass and
+    """A process a plugin provides: its name, :class:`~physgen.core.process.Process` subclass and
     one-line description."""
 
     name: str

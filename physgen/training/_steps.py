@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from physgen.distributed import mean_over_ranks
 from physgen.errors import TrainingError
+from physgen.training.distributed import mean_over_ranks
 
 __all__ = ["Loop", "global_rng_base", "seeded_global_rng"]
 

@@ -1,0 +1,30 @@
+"""Plugin machinery: the hook specifications (:mod:`physgen.registry.hookspecs`), discovery of
+entry points in the ``physgen`` group with each plugin isolated
+(:mod:`physgen.registry.manager`), and physgen's own samplers, networks, datasets and metrics
+registered as an ordinary plugin (:mod:`physgen.registry.builtin`)."""
+
+from physgen.registry.manager import (
+    DISABLE_ENV,
+    KINDS,
+    CouplingEntry,
+    DatasetEntry,
+    MetricEntry,
+    NetworkEntry,
+    PluginInfo,
+    ProcessEntry,
+    Registry,
+    get_registry,
+)
+
+__all__ = [
+    "DISABLE_ENV",
+    "KINDS",
+    "CouplingEntry",
+    "DatasetEntry",
+    "MetricEntry",
+    "NetworkEntry",
+    "PluginInfo",
+    "ProcessEntry",
+    "Registry",
+    "get_registry",
+]
