@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Generator", "StackedGenerator", "randn", "randn_like"]
+__all__ = ["Generator", "StackedGenerator", "derive_seed", "randn", "randn_like"]
 
 
 class StackedGenerator:
@@ -52,6 +52,22 @@ class StackedGenerator:
                 for g in self.generators
             ]
         )
+
+
+def derive_seed(seed: int, *key: int | str) -> int:
+    """The 63-bit seed of the stream named ``key`` in the run seeded by ``seed``: the one
+    derivation physgen uses for every stream a run needs besides its own (reference data,
+    reflow pairs, pilot draws, ...), instead of ad-hoc offsets such as ``seed + 1``.
+
+    NumPy's ``SeedSequence(seed, spawn_key=key)`` hashes the pair, so streams with different
+    keys are independent and a stream does not shift when another one is added. String keys
+    are hashed by their UTF-8 bytes (stable across processes, unlike ``hash``).
+    """
+    spawn = tuple(
+        int.from_bytes(k.encode(), "little") if isinstance(k, str) else int(k) for k in key
+    )
+    state = np.random.SeedSequence(int(seed), spawn_key=spawn).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
 
 
 def _sample_seed(seed: int, index: int) -> int:
