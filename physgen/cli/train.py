@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import click
 
 from physgen.cli.options import check_env, click_options, split
-from physgen.training.config import TrainConfig, option
+from physgen.training.config import TrainConfig, option, validate
 
 EPILOG = """\b
 Examples:
@@ -94,6 +94,9 @@ class TrainRun:
     )
     overwrite: bool = option(False, "Replace existing output files instead of refusing.")
     quiet: bool = option(False, "No progress bars.", short="-q", resume="free")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @click.command(epilog=EPILOG)

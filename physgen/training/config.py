@@ -21,7 +21,15 @@ from typing import Any
 
 from physgen.errors import ConfigError
 
-__all__ = ["TrainConfig", "check_value", "config_from", "field_types", "option", "range_text"]
+__all__ = [
+    "TrainConfig",
+    "check_value",
+    "config_from",
+    "field_types",
+    "option",
+    "range_text",
+    "validate",
+]
 
 
 def option(
@@ -115,7 +123,7 @@ def check_value(name: str, value: Any, base: Any, optional: bool, meta: Mapping[
     raise TypeError(f"option {name}: unsupported type {base!r}")  # a declaration bug
 
 
-def _validate(config: Any) -> None:
+def validate(config: Any) -> None:
     """Check (and normalise: int → float for float fields) every field of ``config``."""
     types = field_types(type(config))
     for f in dataclasses.fields(config):
@@ -191,4 +199,4 @@ class TrainConfig:
     channels_last: bool = option(False, "channels-last memory format (images).")
 
     def __post_init__(self) -> None:
-        _validate(self)
+        validate(self)
