@@ -38,6 +38,8 @@ def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
         raise ConfigError("--reflow-from writes the pair file itself; drop -o pairs=...")
     source = Path(run.reflow_from).parent.name if run.reflow_from else Path(run.dataset).stem
     out_dir = Path(run.out or f"runs/{run.process}-{source}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out: Directory {str(out_dir)!r} is a file")
     checkpoint = out_dir / "checkpoint.safetensors"
     if run.resume and not checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint in {out_dir}")

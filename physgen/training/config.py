@@ -64,13 +64,14 @@ def field_types(cls: type) -> dict[str, tuple[Any, bool]]:
 def range_text(meta: Mapping[str, Any]) -> str:
     """A field's range in words: ``"≥ 1"``, ``"> 0"``, ``"in [0, 1)"``; ``""`` for none."""
     lo, hi = meta.get("min"), meta.get("max")
+    lo, hi = (v if v is None or isinstance(v, int) else float(v) for v in (lo, hi))
     if lo is not None and hi is not None:
         left, right = "(" if meta["min_open"] else "[", ")" if meta["max_open"] else "]"
-        return f"in {left}{lo:g}, {hi:g}{right}"
+        return f"in {left}{lo}, {hi}{right}"
     if lo is not None:
-        return f"{'>' if meta['min_open'] else '≥'} {lo:g}"
+        return f"{'>' if meta['min_open'] else '≥'} {lo}"
     if hi is not None:
-        return f"{'<' if meta['max_open'] else '≤'} {hi:g}"
+        return f"{'<' if meta['max_open'] else '≤'} {hi}"
     return ""
 
 
