@@ -266,3 +266,32 @@ def test_progress_bar_shows_loss(capsys: pytest.CaptureFixture[str]) -> None:
     _run(steps=10, progress=True, log_every=5)
     err = capsys.readouterr().err
     assert "loss=" in err and "step/s" in err
+
+
+def test_get_network_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    """Two calls with the same seed give the same initial weights, whatever the global RNG
+    holds, and leave it untouched; another seed gives another network."""
+    from physgen.api import get_network
+
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    a = get_network("mlp", (2,), width=16, depth=1)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(12)
+    b = get_network("mlp", (2,), width=16, depth=1)
+    c = get_network("mlp", (2,), width=16, depth=1, seed=1)
+    _assert_same_weights(a, b)
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
+    with pytest.raises(ConfigError, match="seed must be an integer"):
+        get_network("mlp", (2,), seed=-1)
+
+
+def test_existing_checkpoint_is_refused_without_resume_or_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "c.st"
+    _run(steps=2, checkpoint=path)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        _run(steps=2, checkpoint=path)
+    assert path.read_bytes() == before
+    _run(steps=3, checkpoint=path, overwrite=True)
+    assert load_checkpoint_file(path).step == 3

@@ -88,7 +88,8 @@ def click_options(command: str, *configs: type) -> Callable[[Any], Any]:
                     names[0] = f"{names[0]}/--no-{names[0][2:]}"
                 kw.update(is_flag=True, default=f.default, show_default=bool(f.default))
             elif base == tuple[str, ...]:
-                kw.update(multiple=True, type=FieldType(f, str, False), metavar="NAME=VALUE")
+                kw.update(multiple=True, type=FieldType(f, str, False), metavar="NAME=VALUE",
+                          default=f.default)  # fmt: skip
             elif base == tuple[float, float]:
                 kw.update(nargs=2, type=FieldType(f, float, False), default=f.default)
             else:

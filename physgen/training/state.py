@@ -97,9 +97,7 @@ def _first_difference(saved: Any, given: Any, where: str) -> tuple[str, Any, Any
     """The first (path, saved, given) where two JSON values differ; keys the checkpoint does
     not record (written by an older physgen) are not compared."""
     if isinstance(saved, dict) and isinstance(given, dict):
-        for key in sorted(set(saved) | set(given)):
-            if key not in saved:
-                continue
+        for key in saved:  # the checkpoint's order: names before nested tables
             if key not in given:
                 return f"{where}.{key}", saved[key], None
             diff = _first_difference(saved[key], given[key], f"{where}.{key}")
