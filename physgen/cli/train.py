@@ -86,14 +86,14 @@ class TrainRun:
         None,
         "Run directory  [default: runs/<process>-<dataset>, or runs/<process>-<teacher run> "
         "with --reflow-from]",
-        resume="free",
     )
-    resume: bool = option(False, "Continue from the run directory's checkpoint.", resume="free")
+    resume: bool = option(False, "Continue from the run directory's checkpoint.")
     device: str = option(
-        "auto", "Torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...", resume="free"
+        "auto",
+        "Torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...",
     )
     overwrite: bool = option(False, "Replace existing output files instead of refusing.")
-    quiet: bool = option(False, "No progress bars.", short="-q", resume="free")
+    quiet: bool = option(False, "No progress bars.", short="-q")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -113,4 +113,8 @@ def train(ctx: click.Context, **values: object) -> None:
 
     check_env("train", TrainRun, TrainConfig)
     run, loop = split(values, TrainRun, TrainConfig)
-    run_train(TrainRun(**run), TrainConfig(**loop), ctx)
+    try:
+        run_train(TrainRun(**run), TrainConfig(**loop), ctx)
+    except KeyboardInterrupt:  # outside the loop (data, autoencoder, reflow pairs, run file)
+        click.echo("interrupted outside the training loop; no checkpoint written now", err=True)
+        ctx.exit(130)
