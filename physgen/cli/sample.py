@@ -140,6 +140,15 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
     "velocity from the straight chord, 0 for straight paths) from this many prior draws, "
     "RK4 on 64 steps; 0 turns it off. Processes with an ode view only.",
 )
+# A sampling-time choice (issue 16, item 4): kept as one separate option for the sample config.
+@click.option(
+    "--clip-denoised",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Clamp the denoiser D(x; σ) to [-C, C] at every step, as Ho et al.'s sampler clips "
+    "x̂_0 to the data range (0: off; Gaussian processes and denoiser/score samplers).",
+)
 @seed_option
 @device_option
 @overwrite_option
@@ -162,6 +171,7 @@ def sample(
     metrics: bool,
     nll: int,
     straightness: int,
+    clip_denoised: float,
     seed: int,
     device: str,
     overwrite: bool,
@@ -199,4 +209,5 @@ def sample(
         guidance=guidance,
         guidance_interval=guidance_interval,
         class_label=class_label,
+        clip_denoised=clip_denoised,
     )
