@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
@@ -630,3 +631,45 @@ def test_a_checkpoint_that_recorded_clip_denoised_still_loads(tmp_path):
     save_checkpoint(path, net=net, ema=net, process={}, optimizer=None, meta=meta)
     ckpt = physgen.load_checkpoint(path)
     assert ckpt.process.options == DDPM().options
+
+
+def test_default_bench_runs_each_eps_process_with_its_papers_sampler_too():
+    """Item 5: the built-in suite samples DDPM, VP and VE with ancestral sampling (Ho et al.
+    Alg. 2; score SDE Table 1) besides the shared samplers; EDM keeps the shared ones only."""
+    from physgen.bench.suite import parse_suite
+
+    suite = parse_suite({"processes": ["edm", "ddpm", "vp", "ve"]})
+    samplers = {p.label: p.samplers for p in suite.processes}
+    for name in ("ddpm", "vp", "ve"):
+        assert samplers[name] == ("dpmpp_2m", "heun", "ancestral"), samplers[name]
+    assert samplers["edm"] == ("dpmpp_2m", "heun")
+    listed = parse_suite({"processes": ["ddpm"], "samplers": ["heun"]})
+    assert listed.processes[0].samplers == ("heun",)  # a suite's own list is kept as given
+
+
+def test_bench_table_gives_each_process_its_best_cell_against_the_floor_with_a_note():
+    """Item 5: the table's last section names each process's best cell and its ratio to the
+    data floor; a process with a sampler above twice the floor gets its one-line reason."""
+    import numpy as np
+
+    from physgen.bench.report import markdown_table
+    from physgen.bench.store import BenchFile, Cell
+
+    def cell(process: str, sampler: str, value: float) -> Cell:
+        attrs = {"dataset": "moons", "process": process, "sampler": sampler, "nfe_budget": 8,
+                 "nfe": 8, "steps": 8, "wall_seconds": 0.1, "seed": 0}  # fmt: skip
+        return Cell(f"{process}.{sampler}", np.zeros((2, 2)), attrs, {"sliced_w2": value})
+
+    config = {
+        "datasets": ["moons"], "metrics": ["sliced_w2"], "nfe": [8], "seeds": [0],
+        "processes": [{"label": "ddpm", "name": "ddpm", "samplers": ["heun", "ancestral"]},
+                      {"label": "edm", "name": "edm", "samplers": ["heun"]}],
+    }  # fmt: skip
+    cells = [cell("ddpm", "heun", 0.7), cell("ddpm", "ancestral", 0.06), cell("edm", "heun", 0.05)]
+    refs = {"moons.s0": (np.zeros((2, 2)), {"dataset": "moons", "floor.sliced_w2": 0.05})}
+    bench = BenchFile(Path("x.h5"), {}, config, refs, {}, {c.name: c for c in cells})
+    best = markdown_table(bench).split("\n\n")[-1].splitlines()
+    ddpm = next(line for line in best if "| ddpm" in line)
+    edm = next(line for line in best if "| edm" in line)
+    assert "ancestral, NFE 8" in ddpm and "| 1.2 " in ddpm and "ancestral forgets" in ddpm
+    assert "heun, NFE 8" in edm and "| 1 " in edm and edm.rstrip(" |").endswith("| 1")
