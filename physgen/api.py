@@ -119,7 +119,11 @@ def load_checkpoint(
         proc_meta, net_meta, data_meta = meta["process"], meta["network"], meta["dataset"]
         event_shape = tuple(int(d) for d in data_meta["event_shape"])
         num_classes = int(net_meta.get("num_classes", 0))
-        process = get_process(proc_meta["name"], **proc_meta["options"])
+        # options a process has since moved to sampling (its RETIRED_OPTIONS) are dropped,
+        # so older checkpoints still load
+        retired = getattr(get_registry().process(proc_meta["name"]).cls, "RETIRED_OPTIONS", ())
+        options = {k: v for k, v in proc_meta["options"].items() if k not in retired}
+        process = get_process(proc_meta["name"], **options)
         net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
         ema = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
     except PhysgenError:

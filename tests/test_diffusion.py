@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,9 +222,11 @@ def test_loss_at_the_optimum_matches_its_closed_form(name):
 @pytest.mark.parametrize("steps", [1, 7, 50, 1000])
 def test_ddpm_denoiser_maps_grid_sigmas_to_their_timesteps_exactly(schedule, steps):
     process = DDPM(schedule=schedule)
+    steps = min(steps, process.t_max)
     grid = process.sigmas(steps)
     timesteps = process.timesteps(steps)
-    assert timesteps[0] == 1000 and len(set(timesteps.tolist())) == steps  # trailing, distinct
+    first = {"linear": 1000, "cosine": 996}[schedule]  # cosine: the last t with σ_t ≤ e^5.1
+    assert timesteps[0] == first and len(set(timesteps.tolist())) == steps  # trailing, distinct
     torch.testing.assert_close(grid[:-1], process.sigmas_table[timesteps - 1], rtol=0, atol=0)
     labels = []
 
@@ -248,15 +251,25 @@ def test_ddpm_timestep_lookup_interpolates_in_log_sigma_and_clamps():
     assert p.t_of_sigma(edges).tolist() == [1.0, 1000.0]
 
 
-def test_ddpm_clip_denoised_bounds_the_denoiser_and_is_off_by_default():
+def test_clip_denoised_is_a_sampling_option_that_bounds_every_denoiser_call():
+    """``sample(clip_denoised=c)`` clamps D(x; σ) to [−c, c] for denoiser samplers and for the
+    PF-ODE of a Gaussian process; off by default; a negative c is one line."""
     net = exact_net("ddpm")
-    x = 40 * torch.randn(64, 4, generator=torch.Generator().manual_seed(10), dtype=F64)
     sigma = DDPM().sigmas(10)[3]
-    exact = GAUSSIAN.denoise(x, sigma)
-    assert exact.abs().max() > 1.5
-    torch.testing.assert_close(DDPM().denoiser(net).denoise(x, sigma), exact)
-    clipped = DDPM(clip_denoised=1.5).denoiser(net).denoise(x, sigma)
-    torch.testing.assert_close(clipped, exact.clamp(-1.5, 1.5))
+    x = 40 * torch.randn(64, 4, generator=torch.Generator().manual_seed(10), dtype=F64)
+    assert GAUSSIAN.denoise(x, sigma).abs().max() > 1.5
+    # one ddim step onto σ = 0 returns D(x; σ_max) itself: clamped, and unclamped without c
+    for clip in (0.0, 0.3):
+        out = sample(DDPM(), net, (4,), n=256, sampler="ddim", steps=1, clip_denoised=clip,
+                     device="cpu", dtype=F64)  # fmt: skip
+        assert (out.x.abs().max() <= 0.3) == (clip > 0)
+    # euler (ode view): its last step lands on D, so every sample lies in the box
+    out = sample(DDPM(), net, (4,), n=256, sampler="euler", steps=5, clip_denoised=0.3,
+                 device="cpu", dtype=F64)  # fmt: skip
+    assert out.x.abs().max() <= 0.3 + 1e-12  # the last Euler step lands on D up to rounding
+    with pytest.raises(ConfigError, match="clip_denoised") as err:
+        sample(DDPM(), net, (4,), n=4, sampler="ddim", steps=2, clip_denoised=-1.0, device="cpu")
+    assert "\n" not in str(err.value)
 
 
 def test_ddpm_steps_are_bounded_by_T():
@@ -463,7 +476,7 @@ def test_sampling_driver_runs_ddim_on_ddpm_and_counts_nfe():
     [
         (DDPM, {"schedule": "quadratic"}, "schedule"),
         (DDPM, {"T": "1"}, "T must"),
-        (DDPM, {"clip_denoised": "-1"}, "clip_denoised"),
+        (DDPM, {"clip_denoised": "3"}, "no option 'clip_denoised'"),  # a sampling option now
         (DDPM, {"beta_start": "0.1", "beta_end": "0.01"}, "beta_start"),
         (VP, {"beta_min": "30"}, "beta_min"),
         (VP, {"epsilon_s": "0"}, "epsilon"),
@@ -523,7 +536,7 @@ def test_cli_train_then_sample_with_the_six_samplers(tmp_path):
     """``physgen train --process ddpm|vp|ve`` (options through ``-o``), then ``physgen sample``
     with the six samplers the issue names, two per checkpoint: each run file holds finite
     samples, the declared NFE, and sliced W2 within the library test's bounds (ddpm here uses
-    the cosine schedule, which needs ``clip_denoised``: see :mod:`physgen_diffusion.ddpm`).
+    the cosine schedule, sampled with ``--clip-denoised``: see :mod:`physgen_diffusion.ddpm`).
     Measured (1000 steps): ancestral 0.08, ddim 0.25 (ddpm); em 0.10, pc 0.09 (vp);
     heun 0.11, dpmpp_2m 0.09 (ve, σ_max = 5); prior 2·10⁴, 156, 4.2."""
     import subprocess
@@ -535,7 +548,7 @@ def test_cli_train_then_sample_with_the_six_samplers(tmp_path):
 
     cli = [sys.executable, "-m", "physgen.cli"]
     plan = {
-        ("ddpm", "-o schedule=cosine -o clip_denoised=3"): ("ancestral", "ddim"),
+        ("ddpm", "-o schedule=cosine"): ("ancestral", "ddim"),
         ("vp", "-o beta_max=20"): ("em", "pc"),
         ("ve", "-o sigma_max=5"): ("heun", "dpmpp_2m"),
     }
@@ -550,6 +563,7 @@ def test_cli_train_then_sample_with_the_six_samplers(tmp_path):
             steps = E2E_SAMPLERS[sampler]
             draw = f"sample {run / 'checkpoint.safetensors'} --sampler {sampler} "
             draw += f"--steps {steps} -n 500 --out {path} -q"
+            draw += " --clip-denoised 3" if name == "ddpm" else ""  # x̂_0 in the data range
             out = subprocess.run([*cli, *draw.split()], capture_output=True, text=True, timeout=600)
             assert out.returncode == 0, out.stderr
             result = read_run(path)
@@ -560,3 +574,102 @@ def test_cli_train_then_sample_with_the_six_samplers(tmp_path):
             bound = 0.2 if sampler == "ancestral" else 1.5  # as the library test
             assert result.metrics["sliced_w2"] < bound, (name, sampler, result.metrics)
             assert result.metrics["sliced_w2_prior"] > 3  # the prior is far (σ_max ≥ 5)
+
+
+# --------------------------------------------------------------------------------------
+# Issue 16, items 4 and 5: ε-prediction at large σ, sampling-time choices
+# --------------------------------------------------------------------------------------
+
+
+def cosine_alpha_bar(label: Tensor) -> Tensor:
+    """ᾱ of Nichol & Dhariwal's cosine schedule (eq. 17, β clipped at 0.999) at t = label + 1,
+    computed here from f(t) step by step."""
+    out, prod = [], 1.0
+    for t in range(1, 1001):
+        prod *= 1 - min(1 - cosine_f(t) / cosine_f(t - 1), 0.999)
+        out.append(prod)
+    return torch.tensor(out, dtype=F64)[label.round().long()]
+
+
+class BiasedEpsNet(EpsNet):
+    """The exact ε-network plus a constant error 0.005 in ε̂, as a trained network has: the
+    σ-frame denoiser errs by 0.005 σ, which σ_T ≈ 2·10⁴ turned into 100."""
+
+    def forward(self, x: Tensor, label: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        return super().forward(x, label, class_labels) + 0.005
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddim", 35), ("dpmpp_2m", 20), ("euler", 35)])
+def test_ddpm_cosine_ode_samplers_get_the_gaussian_law(sampler, steps):
+    """Item 4: DDPM with the cosine schedule and a slightly wrong ε-network (error 0.005), sampled
+    deterministically at 20–35 NFE, gets N(μ, 0.25 I): mean within 0.1, variance within 12 %
+    (4 000 × 4 samples: SE 0.008 and 1.1 %; the rest is the step and the network's error).
+    The grid used to start at σ_T ≈ 2·10⁴, where the error became 100 in x̂_0."""
+    process = DDPM(schedule="cosine")
+    assert process.sigmas(steps)[0] < 165  # λ ≥ −5.1: the last timestep with σ_t ≤ e^5.1
+    net = BiasedEpsNet(cosine_alpha_bar)
+    out = sample(process, net, (4,), n=4000, sampler=sampler, steps=steps, device="cpu",
+                 dtype=F64, seed=11)  # fmt: skip
+    assert (out.x.mean(0) - MU).abs().max().item() < 0.1, out.x.mean(0)
+    assert abs(out.x.var(0).mean().item() / S**2 - 1) < 0.12, out.x.var(0)
+
+
+def test_a_checkpoint_that_recorded_clip_denoised_still_loads(tmp_path):
+    """``clip_denoised`` moved from DDPM's options to sampling: an older checkpoint that recorded
+    it (every DDPM checkpoint did, as 0.0) loads, without the option."""
+    import physgen
+    from physgen.io import save_checkpoint
+
+    data = physgen.load_dataset("moons", n=64, seed=0)
+    net = physgen.get_network("mlp", data.event_shape)
+    meta = {
+        "process": {"name": "ddpm", "options": {**DDPM().options_dict(), "clip_denoised": 0.0}},
+        "network": {"name": "mlp", "config": {}},
+        "dataset": {"name": "moons", "event_shape": [2]},
+    }
+    path = tmp_path / "old.safetensors"
+    save_checkpoint(path, net=net, ema=net, process={}, optimizer=None, meta=meta)
+    ckpt = physgen.load_checkpoint(path)
+    assert ckpt.process.options == DDPM().options
+
+
+def test_default_bench_runs_each_eps_process_with_its_papers_sampler_too():
+    """Item 5: the built-in suite samples DDPM, VP and VE with ancestral sampling (Ho et al.
+    Alg. 2; score SDE Table 1) besides the shared samplers; EDM keeps the shared ones only."""
+    from physgen.bench.suite import parse_suite
+
+    suite = parse_suite({"processes": ["edm", "ddpm", "vp", "ve"]})
+    samplers = {p.label: p.samplers for p in suite.processes}
+    for name in ("ddpm", "vp", "ve"):
+        assert samplers[name] == ("dpmpp_2m", "heun", "ancestral"), samplers[name]
+    assert samplers["edm"] == ("dpmpp_2m", "heun")
+    listed = parse_suite({"processes": ["ddpm"], "samplers": ["heun"]})
+    assert listed.processes[0].samplers == ("heun",)  # a suite's own list is kept as given
+
+
+def test_bench_table_gives_each_process_its_best_cell_against_the_floor_with_a_note():
+    """Item 5: the table's last section names each process's best cell and its ratio to the
+    data floor; a process with a sampler above twice the floor gets its one-line reason."""
+    import numpy as np
+
+    from physgen.bench.report import markdown_table
+    from physgen.bench.store import BenchFile, Cell
+
+    def cell(process: str, sampler: str, value: float) -> Cell:
+        attrs = {"dataset": "moons", "process": process, "sampler": sampler, "nfe_budget": 8,
+                 "nfe": 8, "steps": 8, "wall_seconds": 0.1, "seed": 0}  # fmt: skip
+        return Cell(f"{process}.{sampler}", np.zeros((2, 2)), attrs, {"sliced_w2": value})
+
+    config = {
+        "datasets": ["moons"], "metrics": ["sliced_w2"], "nfe": [8], "seeds": [0],
+        "processes": [{"label": "ddpm", "name": "ddpm", "samplers": ["heun", "ancestral"]},
+                      {"label": "edm", "name": "edm", "samplers": ["heun"]}],
+    }  # fmt: skip
+    cells = [cell("ddpm", "heun", 0.7), cell("ddpm", "ancestral", 0.06), cell("edm", "heun", 0.05)]
+    refs = {"moons.s0": (np.zeros((2, 2)), {"dataset": "moons", "floor.sliced_w2": 0.05})}
+    bench = BenchFile(Path("x.h5"), {}, config, refs, {}, {c.name: c for c in cells})
+    best = markdown_table(bench).split("\n\n")[-1].splitlines()
+    ddpm = next(line for line in best if "| ddpm" in line)
+    edm = next(line for line in best if "| edm" in line)
+    assert "ancestral, NFE 8" in ddpm and "| 1.2 " in ddpm and "ancestral forgets" in ddpm
+    assert "heun, NFE 8" in edm and "| 1 " in edm and edm.rstrip(" |").endswith("| 1")

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from physgen.bench.suite import (
+    PAPER_SAMPLERS,
     PREFERRED_REFLOW_TEACHERS,
     PREFERRED_SAMPLERS,
     PREFERRED_TEACHERS,
@@ -158,6 +159,9 @@ def _resolve_samplers(
             )
         if not chosen:
             chosen = tuple(s for s in PREFERRED_SAMPLERS if s in fit)[:2] or tuple(fit[:1])
+            paper = PAPER_SAMPLERS.get(p.name)
+            if paper in fit and paper not in chosen:
+                chosen = (*chosen, paper)
         if not chosen:
             if not every:
                 raise ConfigError(f"processes: no installed fixed-step sampler fits {p.label!r}")

@@ -64,6 +64,10 @@ __all__ = ["BUDGET", "DEFAULT_METRICS", "ProcessSpec", "Suite", "load_suite", "p
 DEFAULT_METRICS = ("sliced_w2", "mmd")
 #: Sampler preference for a process without a list: the first two it can serve.
 PREFERRED_SAMPLERS = ("dpmpp_2m", "heun", "consistency", "ancestral", "euler")
+#: The sampler a process's own paper uses, run besides the shared ones so that the table shows
+#: each process as published: DDPM's Algorithm 2 (Ho et al. 2020), and ancestral sampling for
+#: VE/SMLD and VP (Song et al. 2021, "Score-Based Generative Modeling through SDEs", Table 1).
+PAPER_SAMPLERS = {"ddpm": "ancestral", "vp": "ancestral", "ve": "ancestral"}
 #: Teacher preference for a process with a ``teacher`` option (distillation) and none given.
 PREFERRED_TEACHERS = ("edm",)
 #: Teacher preference for a process with a ``pairs`` option (reflow: it trains on the pairs

@@ -158,6 +158,7 @@ def run_sample(
     guidance: float = 1.0,
     guidance_interval: tuple[float, float] | None = None,
     class_label: int | None = None,
+    clip_denoised: float = 0.0,
 ) -> None:
     from physgen.registry import get_registry
     from physgen.sampling import resolve_sampler, sample
@@ -185,6 +186,7 @@ def run_sample(
             cond=_sample_labels(ckpt, n, guidance, class_label),
             guidance=guidance,
             guidance_interval=guidance_interval,
+            clip_denoised=clip_denoised,
         )
     x = result.x.float().cpu()
     if ckpt.latent is not None:  # latent mode: decode to data space

@@ -79,6 +79,12 @@ class SampleConfig:
         "RK4 on 64 steps; 0 turns it off. Processes with an ode view only.",
         min=0,
     )
+    clip_denoised: float = option(
+        0.0,
+        "Clamp the denoiser D(x; σ) to [-C, C] at every step, as Ho et al.'s sampler clips x̂_0 "
+        "to the data range (0: off; Gaussian processes and denoiser/score samplers).",
+        min=0,
+    )
     seed: int = option(
         0, "Seed for every random draw (noise, reference data).", min=0, max=2**31 - 1
     )
@@ -137,4 +143,5 @@ def sample(ctx: click.Context, checkpoint: str, **values: object) -> None:
         guidance=c.guidance,
         guidance_interval=c.guidance_interval,
         class_label=c.class_label,
+        clip_denoised=c.clip_denoised,
     )

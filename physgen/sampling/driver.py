@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from physgen.core.process import CountedFn, Process
+from physgen.core.process import (
+    Backbone,
+    CountedFn,
+    DenoiserView,
+    GaussianProcess,
+    Process,
+    View,
+)
 from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
 from physgen.registry import Registry, get_registry
@@ -81,6 +89,7 @@ def sample(
     classifier_scale: float = 1.0,
     schedule: str | None = None,
     schedule_options: dict[str, Any] | None = None,
+    clip_denoised: float = 0.0,
 ) -> SampleSet:
     """Draw ``n`` samples of ``event_shape`` by integrating the reverse dynamics of ``process``.
 
@@ -97,6 +106,10 @@ def sample(
     ``schedule`` (denoiser and score samplers only) replaces the view's σ-grid by a named
     schedule of :mod:`physgen.solvers.grids` between the same endpoints, with
     ``schedule_options`` (e.g. ``{"rho": 5}`` for ``karras``).
+
+    ``clip_denoised = c > 0`` clamps the denoiser's output ``D(x; σ)`` to ``[−c, c]`` (the x̂_0
+    clipping of Ho et al. 2020's and Nichol & Dhariwal 2021's samplers, images in [−1, 1]):
+    denoiser and score samplers, and ode samplers of a Gaussian process (its PF-ODE).
     """
     if n < 1:
         raise ConfigError(f"n must be ≥ 1, got {n}")
@@ -118,6 +131,11 @@ def sample(
         )
     if schedule is not None and spec.view not in ("denoiser", "score"):
         raise ConfigError(f"a schedule applies to denoiser/score samplers, not {sampler!r}")
+    if not clip_denoised >= 0:
+        raise ConfigError(f"clip_denoised must be ≥ 0, got {clip_denoised}")
+    clippable = spec.view in ("denoiser", "score") or isinstance(process, GaussianProcess)
+    if clip_denoised and not (clippable and spec.view != "consistency"):
+        raise ConfigError(f"clip_denoised applies to denoiser/score samplers, not {sampler!r}")
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net.eval()
     chunks, nfe = [], 0
@@ -127,7 +145,7 @@ def sample(
         gen = StackedGenerator.for_samples(seed, start, count, device)
         c = cond[start : start + count].to(device) if cond is not None else None
         guided = GuidedNet(net, guidance, guidance_interval)
-        view = process.view(spec.view, guided, c)
+        view = _view(process, spec.view, guided, c, clip_denoised)
         if classifier is not None:
             view = classifier_guided(view, classifier, c, classifier_scale)
         grid = view.grid(steps) if hasattr(view, "grid") else view.sigmas(steps)
@@ -151,6 +169,18 @@ def sample(
         options=options,
         guidance=_guidance_record(cond, guidance, guidance_interval, classifier, classifier_scale),
     )
+
+
+def _view(process: Process, kind: str, net: Backbone, cond: Tensor | None, clip: float) -> View:
+    """The view ``kind`` of ``process``; with ``clip > 0`` its denoiser clamped to [−clip, clip]
+    (for an ode view of a Gaussian process: the PF-ODE of the clamped denoiser, EDM eq. 3)."""
+    if not clip:
+        return process.view(kind, net, cond)
+    base = process.view("denoiser" if kind == "ode" else kind, net, cond)
+    assert isinstance(base, DenoiserView)
+    denoise = base.denoise
+    clipped = dataclasses.replace(base, denoise=lambda x, s: denoise(x, s).clamp(-clip, clip))
+    return clipped.as_ode() if kind == "ode" else clipped
 
 
 def _guidance_record(

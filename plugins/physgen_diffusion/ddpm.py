@@ -12,21 +12,26 @@ Timesteps are ``t = 1..T`` (t = 0 is the data). In the σ-frame (math.md §1) st
 noise level ``σ_t = sqrt((1 − ᾱ_t)/ᾱ_t)``; the views share :func:`~physgen_diffusion.vp.vp_denoise`
 with the continuous VP. The backbone only ever saw the integers t, so:
 
-* ``sigmas(n)`` hands out σ_t of ``n ≤ T`` trained timesteps, evenly spaced and **trailing**
-  (Lin, Liu, Li, Yang 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
-  Table 2): ``t_i = round(T − i T/n)``, ``i = 0..n−1``, so the first step always starts at
-  t = T where the prior ``x_T ~ N(0, I)`` holds, then σ = 0.
+* ``sigmas(n)`` hands out σ_t of ``n ≤ t_max`` trained timesteps, evenly spaced and
+  **trailing** (Lin, Liu, Li, Yang 2024, "Common Diffusion Noise Schedules and Sample Steps are
+  Flawed", Table 2): ``t_i = round(t_max − i t_max/n)``, ``i = 0..n−1``, then σ = 0. ``t_max``
+  is the last timestep whose half-log-SNR ``λ_t = −ln σ_t`` is at least ``LAMBDA_MIN = −5.1``
+  (σ_t ≤ 164), the clipping DPM-Solver's authors give for the cosine schedule (Lu et al.,
+  diffusers ``DPMSolverMultistepScheduler.lambda_min_clipped``): the linear schedule keeps
+  t_max = T (σ_T = 157), the cosine one stops at t = 996 instead of σ_T ≈ 2·10⁴. The sampling
+  prior ``N(0, (1 + σ²_{t_max}) I)`` is ``x_{t_max} ~ N(0, I)``, exact up to the signal
+  ``sqrt(ᾱ) y`` with ``sqrt(ᾱ) ≤ 0.0061``.
 * the denoiser maps any σ back to a timestep by **linear interpolation in ln σ** between the
   two neighbouring σ_t (as k-diffusion's ``DiscreteSchedule.sigma_to_t``), clamped to
   [1, T]; on a trained σ_t it returns that integer t exactly. The backbone's noise label is
   ``t − 1`` (0..T−1, the index Ho et al.'s code feeds its network).
 
-ε-prediction divides by ``sqrt(ᾱ_t)``: an error δ in ε̂ is an error ``σ_t δ`` in
-``x̂_0 = D``. Ho et al.'s and Nichol & Dhariwal's code therefore clip x̂_0 to the data range
-[−1, 1] when sampling images; ``clip_denoised = c`` does the same with [−c, c] (default off,
-which is Algorithm 2 as written). The cosine schedule needs it: its clipped β_T leaves
-σ_T ≈ 2·10⁴ (linear: 157), and on moons (1500 training steps) ancestral sampling in 40 steps
-reaches sliced W2 0.047 with ``clip_denoised=3`` against 739 without.
+Why the cap: ε-prediction divides by ``sqrt(ᾱ_t)``, so an error δ in ε̂ is an error ``σ_t δ`` in
+``x̂_0 = D``. At the cosine schedule's σ_T ≈ 2·10⁴ (β_T clipped at 0.999) that is garbage for
+every sampler; a 10-step grid also jumped from σ = 2·10⁴ to 6.4 in one step. Ho et al.'s and
+Nichol & Dhariwal's code also clip x̂_0 to the data range when sampling images: that is a
+sampling choice, ``physgen.sample(..., clip_denoised=c)`` / ``physgen sample --clip-denoised``,
+for any process with a denoiser.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ from physgen.errors import ConfigError
 from physgen_diffusion.vp import sigma64, vp_denoise
 
 SCHEDULES = ("linear", "cosine")
+#: smallest half-log-SNR ``λ = −ln σ`` a sampling grid starts from (DPM-Solver's clipping for
+#: the cosine schedule, ``lambda_min_clipped``): σ ≤ e^5.1 ≈ 164
+LAMBDA_MIN = -5.1
 
 
 def linear_betas(T: int, beta_start: float, beta_end: float) -> Tensor:
@@ -73,7 +81,6 @@ class DDPMOptions:
     beta_start: float = 1e-4  # β_1 of the linear schedule
     beta_end: float = 0.02  # β_T of the linear schedule
     cosine_s: float = 0.008  # offset s of the cosine schedule (Nichol & Dhariwal eq. 17)
-    clip_denoised: float = 0.0  # sample with D(x; σ) clipped to [−c, c], as Ho's code (0: off)
 
 
 class DDPM(GaussianProcess):
@@ -81,6 +88,8 @@ class DDPM(GaussianProcess):
 
     Options = DDPMOptions
     options: DDPMOptions
+    #: former options, now sampling options: checkpoints that recorded them still load
+    RETIRED_OPTIONS = ("clip_denoised",)
 
     def __init__(self, options: DDPMOptions | None = None, **overrides: object):
         super().__init__(options, **overrides)
@@ -93,6 +102,8 @@ class DDPM(GaussianProcess):
         # training state, and Module.to(dtype) must not round them).
         self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)  # ᾱ_1..ᾱ_T, Ho eq. 4
         self.sigmas_table = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()  # σ_1..σ_T
+        # the last timestep with λ_t = −ln σ_t ≥ LAMBDA_MIN: where sampling grids start
+        self.t_max = max(1, int((self.sigmas_table <= math.exp(-LAMBDA_MIN)).sum()))
 
     def validate(self) -> None:
         o = self.options
@@ -104,17 +115,19 @@ class DDPM(GaussianProcess):
             raise ConfigError("ddpm: need 0 < beta_start ≤ beta_end < 1")
         if o.cosine_s <= 0:
             raise ConfigError(f"ddpm: cosine_s must be > 0, got {o.cosine_s}")
-        if o.clip_denoised < 0:
-            raise ConfigError(f"ddpm: clip_denoised must be ≥ 0, got {o.clip_denoised}")
 
     # -- timesteps and noise levels --------------------------------------------------------
 
     def timesteps(self, steps: int) -> Tensor:
-        """``steps`` trailing timesteps ``round(T − i T/steps)``, from T down (int64)."""
-        T = self.options.T
-        if not 1 <= steps <= T:
-            raise ConfigError(f"ddpm: steps must lie in [1, T={T}], got {steps}")
-        return torch.linspace(T, 0, steps + 1, dtype=torch.float64)[:-1].round().long()
+        """``steps`` trailing timesteps ``round(t_max − i t_max/steps)``, from ``t_max`` down
+        (int64); ``t_max = T`` unless σ_T exceeds e^5.1 (see the module docstring)."""
+        t_max = self.t_max
+        if not 1 <= steps <= t_max:
+            raise ConfigError(
+                f"ddpm: steps must lie in [1, {t_max}] (the trained timesteps with "
+                f"σ_t ≤ {math.exp(-LAMBDA_MIN):.0f}), got {steps}"
+            )
+        return torch.linspace(t_max, 0, steps + 1, dtype=torch.float64)[:-1].round().long()
 
     def sigmas(self, steps: int) -> Tensor:
         """σ_t of :meth:`timesteps` then 0: float64, ``steps + 1`` values, decreasing."""
@@ -157,12 +170,11 @@ class DDPM(GaussianProcess):
     # -- views ---------------------------------------------------------------------------
 
     def denoiser(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
-        scale = math.sqrt(1 + float(self.sigmas_table[-1]) ** 2)  # x_T ~ N(0, I) in the σ-frame
-        clip = self.options.clip_denoised
+        sigma_max = float(self.sigmas_table[self.t_max - 1])
+        scale = math.sqrt(1 + sigma_max**2)  # x_{t_max} ~ N(0, I) in the σ-frame
 
         def denoise(x: Tensor, sigma: Tensor) -> Tensor:
-            denoised = vp_denoise(net, x, sigma, self.noise_label(sigma64(sigma, x)), cond)
-            return denoised.clamp(-clip, clip) if clip > 0 else denoised
+            return vp_denoise(net, x, sigma, self.noise_label(sigma64(sigma, x)), cond)
 
         return ScoreView(
             denoise=denoise,
