@@ -120,8 +120,9 @@ def test_plugin_registers_processes_and_couplings() -> None:
     assert physgen.get_process("cfm").options.coupling == "independent"
     assert physgen.get_process("otcfm").options.coupling == "ot"
     assert isinstance(physgen.get_process("cfm", coupling="sinkhorn").coupling, SinkhornCoupling)
-    for cls in (FlowMatching, OTFlowMatching, RectifiedFlow):
-        assert cls.views() == ("ode", "denoiser", "score")
+    assert FlowMatching().views() == ("ode", "denoiser", "score")
+    for cls in (OTFlowMatching, RectifiedFlow):  # no Gaussian perturbation: no score view
+        assert cls().views() == ("ode", "denoiser")
     with pytest.raises(ConfigError, match="unknown coupling 'nope'"):
         physgen.get_process("cfm", coupling="nope")
     with pytest.raises(ConfigError, match="time_sampling"):

@@ -41,9 +41,9 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
 @click.option(
     "--sampler",
     "-s",
-    default="heun",
-    show_default=True,
-    help="Sampler name (see `physgen plugins`).",
+    default=None,
+    help="Sampler name (see `physgen plugins`)  [default: the process's own: heun; "
+    "consistency for ct/ict/cd]",
 )
 @click.option(
     "--steps",
@@ -71,8 +71,9 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
     "--schedule",
     default=None,
     metavar="NAME",
-    help="σ-schedule replacing the process's grid, same endpoints (denoiser/score samplers): "
-    "karras, logsnr, time_uniform.",
+    help="σ-schedule replacing the process's grid, same endpoints (fixed-step samplers on a "
+    "σ-grid: euler, heun, rk4 on diffusion/PFGM++ and every denoiser/score sampler): "
+    "karras, logsnr, time_uniform, knots.",
 )
 @click.option(
     "--schedule-opt",
@@ -114,7 +115,8 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Run file  [default: samples-<sampler>-<steps>.h5 beside the checkpoint]",
+    help="Run file  [default: samples-<sampler>-<steps>.h5 beside the checkpoint; "
+    "samples-<sampler>.h5 for adaptive solvers]",
 )
 @click.option(
     "--metrics/--no-metrics",
@@ -148,7 +150,7 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
 def sample(
     ctx: click.Context,
     checkpoint: str,
-    sampler: str,
+    sampler: str | None,
     steps: int,
     num_samples: int,
     sampler_options: tuple[str, ...],
@@ -171,12 +173,13 @@ def sample(
     from physgen.cli.run import run_sample
 
     ckpt = Path(checkpoint)
-    out_path = Path(out) if out else ckpt.parent / f"samples-{sampler}-{steps}.h5"
-    if out_path.suffix not in (".h5", ".hdf5"):
-        from physgen.errors import ConfigError
+    out_path = Path(out) if out else None  # default: named by run_sample from the sampler
+    if out_path is not None:
+        if out_path.suffix not in (".h5", ".hdf5"):
+            from physgen.errors import ConfigError
 
-        raise ConfigError(f"--out must end in .h5 or .hdf5, got {out_path.name}")
-    check_new(out_path, overwrite)
+            raise ConfigError(f"--out must end in .h5 or .hdf5, got {out_path.name}")
+        check_new(out_path, overwrite)
     run_sample(
         checkpoint=ckpt,
         out_path=out_path,
