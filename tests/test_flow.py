@@ -557,7 +557,7 @@ def test_cli_train_and_sample_cfm_otcfm_rectified(
                     "--n-data", "500", *extra)  # fmt: skip
         physgen_cli("sample", f"{out}/checkpoint.safetensors", "--sampler", "dopri5",
                     "--steps", "1", "-n", "200", "-q", "--straightness", "64")  # fmt: skip
-        metrics = physgen.read_run(tmp_path / out / "samples-dopri5-1.h5").metrics
+        metrics = physgen.read_run(tmp_path / out / "samples-dopri5.h5").metrics
         assert {"sliced_w2", "straightness"} <= set(metrics)
         assert list((tmp_path / out).glob("samples*.png"))
     _, info = load_pairs(tmp_path / "rectified2" / "reflow_pairs.npz")
