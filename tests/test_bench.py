@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import physgen
 from physgen.bench import load_suite, parse_suite, read_bench, report, run_bench, steps_for_budget
 from physgen.cli import cli
 from physgen.io import read_run
@@ -102,7 +103,7 @@ def test_defaults_serve_every_process_and_order_teachers_first() -> None:
     assert suite.process("ct").options["total_steps"] == suite.train.steps
     reg = get_registry()
     for p in suite.processes:
-        views = reg.process(p.name).cls.views()
+        views = physgen.get_process(p.name, **p.options).views()
         assert all(reg.sampler(s).view in views for s in p.samplers), p
 
 
@@ -122,12 +123,13 @@ def test_builtin_suite_skips_unmet_needs_with_a_note_and_round_trips(tmp_path: P
 
 def test_all_with_global_samplers_keeps_the_processes_that_serve_them() -> None:
     suite = parse_suite({"samplers": ["dpmpp_2m"]})
-    reg = get_registry()
     for p in suite.processes:
         assert p.samplers == ("dpmpp_2m",)
     assert "ct" not in {p.label for p in suite.processes}
     assert any(n.startswith("skipped ct: it cannot serve sampler 'dpmpp_2m'") for n in suite.notes)
-    assert all("denoiser" in reg.process(p.name).cls.views() for p in suite.processes)
+    assert all(
+        "denoiser" in physgen.get_process(p.name, **p.options).views() for p in suite.processes
+    )
 
 
 @pytest.mark.parametrize(

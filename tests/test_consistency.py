@@ -456,7 +456,7 @@ def test_plugin_registers_processes_and_sampler() -> None:
     spec = reg.sampler("consistency")
     assert spec.view == "consistency" and spec.nfe(torch.zeros(3)) == 2
     for name in ("ct", "ict", "cd"):
-        assert reg.process(name).cls.views() == ("consistency",)
+        assert reg.process(name).cls().views() == ("consistency",)
 
 
 # --------------------------------------------------------------------------------------

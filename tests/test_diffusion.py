@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 from physgen_diffusion.ddpm import DDPM
-from physgen_diffusion.samplers import ancestral, ddim, ddim_step
 from physgen_diffusion.ve import VE
 from physgen_diffusion.vp import VP
 from scipy.integrate import quad
@@ -27,6 +26,7 @@ from physgen.core.process import ODEView, Process, ScoreView, gaussian_prior, ka
 from physgen.errors import ConfigError
 from physgen.registry import get_registry
 from physgen.sampling import compatible_samplers, sample
+from physgen.solvers.exponential import ancestral, ddim
 from physgen.testing.oracles import GaussianMixture, gaussian_flow
 
 F64 = torch.float64
@@ -308,8 +308,8 @@ def test_ddim_step_is_eq12_in_the_native_ddpm_frame(eta):
         z = torch.randn(64, 4, generator=torch.Generator().manual_seed(z_seed), dtype=F64)
         native = ab_s.sqrt() * x0 + (1 - ab_s - sigma_t**2).sqrt() * eps + sigma_t * z
         x_tilde = x_t / ab_t.sqrt()  # into the σ-frame, one step, and back
-        step = ddim_step(view.denoise, x_tilde, grid[i], grid[i + 1], eta,
-                         torch.Generator().manual_seed(z_seed))  # fmt: skip
+        step = ddim(view.denoise, x_tilde, grid[i : i + 2], eta=eta,
+                    generator=torch.Generator().manual_seed(z_seed))  # fmt: skip
         torch.testing.assert_close(step * ab_s.sqrt(), native, rtol=1e-9, atol=1e-9)
 
 
@@ -329,8 +329,8 @@ def test_ancestral_step_is_ho_algorithm_2_on_consecutive_timesteps():
         var = (1 - ab_s) / (1 - ab_t) * beta
         ho = (x_t - beta / (1 - ab_t).sqrt() * eps) / (1 - beta).sqrt() + var.sqrt() * z
         i = 1000 - t  # grid[i] is σ_t
-        step = ddim_step(view.denoise, x_t / ab_t.sqrt(), grid[i], grid[i + 1], 1.0,
-                         torch.Generator().manual_seed(t))  # fmt: skip
+        step = ancestral(view.denoise, x_t / ab_t.sqrt(), grid[i : i + 2],
+                         generator=torch.Generator().manual_seed(t))  # fmt: skip
         torch.testing.assert_close(step * ab_s.sqrt(), ho, rtol=1e-9, atol=1e-9)
 
 
@@ -459,7 +459,7 @@ def test_plugin_registers_processes_and_samplers():
     for name in ("ancestral", "ddim"):
         spec = registry.sampler(name)
         assert spec.view == "score" and spec.order == 1 and spec.nfe(VE().sigmas(7)) == 7
-    assert registry.sampler("ddim").options == {"eta": 0.0}
+    assert registry.sampler("ddim").options == {"eta": 0.0}  # from ddim's signature
     fits = compatible_samplers(DDPM(), registry)
     assert {"ancestral", "ddim", "heun", "dpmpp_2m", "em", "pc"} <= set(fits)
 

@@ -52,7 +52,7 @@ def test_registry_finds_it_by_entry_point():
     entry = reg.process("yukawa")
     assert entry.cls.__module__ == "physgen_yukawa.yukawa"
     assert reg.plugin_of("processes", "yukawa").package == PACKAGE
-    assert entry.cls.views() == ("ode", "denoiser")
+    assert entry.cls().views() == ("ode", "denoiser")
     assert "yukawa" not in reg.conflicts("processes") and not reg.broken()
 
 

@@ -120,8 +120,9 @@ def test_plugin_registers_processes_and_couplings() -> None:
     assert physgen.get_process("cfm").options.coupling == "independent"
     assert physgen.get_process("otcfm").options.coupling == "ot"
     assert isinstance(physgen.get_process("cfm", coupling="sinkhorn").coupling, SinkhornCoupling)
-    for cls in (FlowMatching, OTFlowMatching, RectifiedFlow):
-        assert cls.views() == ("ode", "denoiser", "score")
+    assert FlowMatching().views() == ("ode", "denoiser", "score")
+    for cls in (OTFlowMatching, RectifiedFlow):  # no Gaussian perturbation: no score view
+        assert cls().views() == ("ode", "denoiser")
     with pytest.raises(ConfigError, match="unknown coupling 'nope'"):
         physgen.get_process("cfm", coupling="nope")
     with pytest.raises(ConfigError, match="time_sampling"):
@@ -293,8 +294,9 @@ def test_score_view_of_standard_normal_data() -> None:
         expected = -x / (1 + sigma**2)
         assert torch.allclose(view.score(x, torch.tensor(sigma)), expected, atol=1e-10)
     for process in (OTFlowMatching(), FlowMatching(source="8gaussians"), RectifiedFlow()):
-        with pytest.raises(ConfigError, match="no score view"):
+        with pytest.raises(ConfigError, match="no 'score' view"):
             process.view("score", net)
+        assert "score" not in process.views()
         denoiser = process.view("denoiser", net)  # the σ-frame ODE holds for any coupling
         assert not isinstance(denoiser, ScoreView)
 
@@ -369,10 +371,11 @@ def test_straightness_closed_forms() -> None:
     assert rotation[1] == pytest.approx(expected, rel=2e-4)
     ratio = (rotation[0] - expected) / (rotation[1] - expected)
     assert ratio == pytest.approx(4, rel=0.05)  # chords: second order in the step
-    # A view on a decreasing grid 2 → 1, time mapped to [0, 1]: the same flow, run in σ.
+    # A view on an increasing grid runs in the flow-matching frame already: the same value.
+    # (A decreasing grid is a σ-frame, mapped to it: tests/test_sampling_surface.py.)
     view = ODEView(
-        field=lambda x, s: -omega * x @ jmat.T,
-        grid=lambda n: torch.linspace(2, 1, n + 1, dtype=torch.float64),
+        field=lambda x, t: omega * x @ jmat.T,
+        grid=lambda n: torch.linspace(0, 1, n + 1, dtype=torch.float64),
         prior=source_prior("gaussian"),
     )
     assert straightness(view, x0, 100) == pytest.approx(rotation[1], rel=1e-12)
@@ -554,7 +557,7 @@ def test_cli_train_and_sample_cfm_otcfm_rectified(
                     "--n-data", "500", *extra)  # fmt: skip
         physgen_cli("sample", f"{out}/checkpoint.safetensors", "--sampler", "dopri5",
                     "--steps", "1", "-n", "200", "-q", "--straightness", "64")  # fmt: skip
-        metrics = physgen.read_run(tmp_path / out / "samples-dopri5-1.h5").metrics
+        metrics = physgen.read_run(tmp_path / out / "samples-dopri5.h5").metrics
         assert {"sliced_w2", "straightness"} <= set(metrics)
         assert list((tmp_path / out).glob("samples*.png"))
     _, info = load_pairs(tmp_path / "rectified2" / "reflow_pairs.npz")

@@ -17,6 +17,7 @@ from torch import Tensor
 from physgen.core.process import CountedFn, append_dims, karras_sigmas
 from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
+from physgen.registry import get_registry
 from physgen.solvers import sde
 
 MU = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
@@ -172,10 +173,11 @@ def test_default_eps_runs_on_an_edm_grid_and_keeps_ncsn_on_its_own():
         run(sde.langevin, x0, ncsn, seed=2), run(sde.langevin, x0, ncsn, seed=2, eps=2e-5),
         rtol=0, atol=0,
     )  # fmt: skip
-    with pytest.raises(ConfigError, match="not a valid float"):  # --opt eps=... arrives as text
-        run(sde.langevin, x0, ncsn, seed=2, eps="small")
+    spec = get_registry().sampler("langevin")  # --opt eps=... arrives as text
+    with pytest.raises(ConfigError, match="not a valid float"):
+        spec.parse_options({"eps": "small"})
     torch.testing.assert_close(
-        run(sde.langevin, x0, ncsn, seed=2, eps="1e-4"),
+        run(sde.langevin, x0, ncsn, seed=2, **spec.parse_options({"eps": "1e-4"})),
         run(sde.langevin, x0, ncsn, seed=2, eps=1e-4),
     )
 

@@ -149,12 +149,13 @@ class ProcessesDirective(_TableDirective):
 
     def lines(self) -> list[str]:
         from physgen.registry import get_registry
+        from physgen.sampling import describe_views
 
         rows = []
         for entry, plugin in get_registry().items("processes"):
             page = PLUGIN_LINKS.get(plugin.name)
             where = f":doc:`{plugin.name} </{page}>`" if page else plugin.name
-            views = ", ".join(f"``{v}``" for v in entry.cls.views())
+            views = describe_views(entry.cls)
             cls = f":class:`~{entry.cls.__module__}.{entry.cls.__qualname__}`"
             rows.append([f"``{entry.name}``", views, where, cls, entry.description])
         return _list_table(["process", "views", "plugin", "class", "description"], rows)
@@ -168,6 +169,7 @@ class OptionsDirective(_TableDirective):
     def lines(self) -> list[str]:
         from physgen.core.process import option_docs
         from physgen.registry import get_registry
+        from physgen.sampling import describe_views
 
         entry = get_registry().process(self.arguments[0])
         docs = option_docs(entry.cls.Options)
@@ -175,7 +177,7 @@ class OptionsDirective(_TableDirective):
         for f in dataclasses.fields(entry.cls.Options):
             default = f.default if f.default is not dataclasses.MISSING else "(required)"
             rows.append([f"``{f.name}``", f"``{default!r}``", docs.get(f.name, "")])
-        views = ", ".join(f"``{v}``" for v in entry.cls.views())
+        views = describe_views(entry.cls)
         intro = [
             f"``{entry.name}`` — {entry.description}. Views: {views}.",
             "",

@@ -181,9 +181,8 @@ def _resolve_teachers(specs: list[ProcessSpec], every: bool, notes: list[str]) -
     """Fill default teachers, check each names a suite process with the view its student needs
     (a denoiser to distil, an ODE to reflow), and order the processes so that every teacher
     trains before its students."""
-    from physgen.registry import get_registry
+    from physgen.api import get_process
 
-    reg = get_registry()
     by_label = {p.label: p for p in specs}
     resolved: dict[str, ProcessSpec] = {}
     for p in specs:
@@ -204,7 +203,8 @@ def _resolve_teachers(specs: list[ProcessSpec], every: bool, notes: list[str]) -
                 known = ", ".join(by_label)
                 raise ConfigError(f"{where}: {teacher!r} is not a process of this suite ({known})")
             view = "denoiser" if kind == "distil" else "ode"
-            if view not in reg.process(by_label[teacher].name).cls.views():
+            t = by_label[teacher]
+            if view not in get_process(t.name, **t.options).views():  # the teacher's options
                 raise ConfigError(f"{where}: {teacher!r} has no {view} view to learn from")
         resolved[p.label] = dataclasses.replace(p, teacher=teacher)
     ordered: list[ProcessSpec] = []

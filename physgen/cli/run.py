@@ -138,8 +138,8 @@ def _reflow_pairs(
 def run_sample(
     *,
     checkpoint: Path,
-    out_path: Path,
-    sampler: str,
+    out_path: Path | None,
+    sampler: str | None,
     steps: int,
     n: int,
     sampler_options: dict[str, str],
@@ -160,14 +160,23 @@ def run_sample(
     class_label: int | None = None,
     clip_denoised: float = 0.0,
 ) -> None:
+    from physgen.cli._common import check_new
     from physgen.registry import get_registry
     from physgen.sampling import resolve_sampler, sample
 
     ckpt = load_checkpoint(checkpoint, device=device)
+    sampler = sampler or ckpt.process.default_sampler
     spec = resolve_sampler(ckpt.process, sampler)  # fail before any work
-    options = _sampler_options(spec, sampler, sampler_options)
+    options = spec.parse_options(sampler_options)
+    # An adaptive solver picks its own steps: its run reports the NFE alone.
+    grid_text = "adaptive steps" if spec.adaptive else f"{steps} steps"
+    if out_path is None:
+        name = f"samples-{sampler}.h5" if spec.adaptive else f"samples-{sampler}-{steps}.h5"
+        out_path = checkpoint.parent / name
+        check_new(out_path, overwrite)
+    cond = _sample_labels(ckpt, n, guidance, class_label)
     with click.progressbar(
-        length=n, label=f"sampling ({sampler}, {steps} steps)", hidden=not progress, file=None
+        length=n, label=f"sampling ({sampler}, {grid_text})", hidden=not progress, file=None
     ) as bar:
         result = sample(
             ckpt.process,
@@ -183,7 +192,7 @@ def run_sample(
             on_batch=bar.update,
             schedule=schedule,
             schedule_options=schedule_options,
-            cond=_sample_labels(ckpt, n, guidance, class_label),
+            cond=cond,
             guidance=guidance,
             guidance_interval=guidance_interval,
             clip_denoised=clip_denoised,
@@ -213,7 +222,11 @@ def run_sample(
     if nll:
         scores.update(_nll(ckpt, nll, seed, device))
     if straightness and "ode" in ckpt.process.views():
-        scores["straightness"] = _straightness(ckpt, min(straightness, n), seed, device)
+        m = min(straightness, n)
+        labels = None if cond is None else cond[:m]
+        scores["straightness"] = _straightness(
+            ckpt, m, seed, device, labels, guidance, guidance_interval
+        )
     with RunWriter(
         out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
     ) as run:
@@ -222,7 +235,7 @@ def run_sample(
             x,
             process=ckpt.process_name,
             sampler=sampler,
-            steps=steps,
+            **({} if spec.adaptive else {"steps": steps}),
             nfe=result.nfe,
             seed=seed,
             wall_seconds=result.wall_seconds,
@@ -238,9 +251,9 @@ def run_sample(
             png,
             x.numpy(),
             reference=None if reference is None else reference.numpy(),
-            title=f"{ckpt.process_name} · {sampler} · {steps} steps · NFE {result.nfe}",
+            title=f"{ckpt.process_name} · {sampler} · {grid_text} · NFE {result.nfe}",
         )
-    line = f"{n} samples, {sampler}, {steps} steps, NFE {result.nfe}, {result.wall_seconds:.2f} s"
+    line = f"{n} samples, {sampler}, {grid_text}, NFE {result.nfe}, {result.wall_seconds:.2f} s"
     if scores:
         line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
     click.echo(f"{line}\nrun file: {out_path}\nplot:     {png}")
@@ -289,30 +302,31 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     return nll(view, data.to(device), divergence="exact").as_dict()
 
 
-def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
-    """Straightness of the model's own ODE (Liu et al. 2023) from the prior draws of the
-    first ``n`` samples (same per-sample generators), RK4 on 64 steps of its grid."""
+def _straightness(
+    ckpt: Any,
+    n: int,
+    seed: int,
+    device: torch.device,
+    cond: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+) -> float:
+    """Straightness of the model's own ODE (Liu et al. 2023), in the flow-matching frame of
+    :func:`~physgen.sampling.reflow.straightness`, from the prior draws of the first ``n``
+    samples (same per-sample generators, same labels and guidance), RK4 on 64 steps."""
+    import dataclasses
+
     from physgen.core.rng import StackedGenerator
+    from physgen.sampling.guidance import GuidedNet
     from physgen.sampling.reflow import straightness
 
-    view = ckpt.process.view("ode", ckpt.ema)
+    guided = GuidedNet(ckpt.ema, guidance, guidance_interval)
+    view = ckpt.process.view("ode", guided, None if cond is None else cond.to(device))
+    view = dataclasses.replace(view, field=guided.timed(view.field))
     gen = StackedGenerator.for_samples(seed, 0, n, device)
     x0 = view.prior((n, *ckpt.event_shape), generator=gen, device=device, dtype=torch.float32)
     with torch.no_grad():
         return straightness(view, x0, steps=64)
-
-
-def _sampler_options(spec: Any, name: str, raw: dict[str, str]) -> dict[str, Any]:
-    from physgen.core.process import convert_value
-    from physgen.errors import ConfigError
-
-    out = {}
-    for key, value in raw.items():
-        if key not in spec.options:
-            known = ", ".join(spec.options) or "none"
-            raise ConfigError(f"sampler {name!r} has no option {key!r} (options: {known})")
-        out[key] = convert_value(value, spec.options[key], name=key, owner=f"sampler {name!r}")
-    return out
 
 
 def _reference_name(meta: dict[str, Any]) -> str | None:
@@ -337,8 +351,8 @@ def _reference(meta: dict[str, Any], n: int, seed: int) -> torch.Tensor | None:
 
 def describe_plugins(kind: str | None) -> str:
     """The text of ``physgen plugins``."""
-    from physgen.core.process import VIEWS
     from physgen.registry import KINDS, get_registry
+    from physgen.sampling import describe_views
 
     reg = get_registry()
     lines: list[str] = []
@@ -355,11 +369,11 @@ def describe_plugins(kind: str | None) -> str:
             head = f"  {entry.name:<14} {entry.description}  [{plugin.name}]"
             lines.append(head)
             if k == "processes":
-                views = ", ".join(v for v in VIEWS if v in entry.cls.views())
-                lines.append(f"      views: {views}")
+                lines.append(f"      views: {describe_views(entry.cls)}")
                 lines.extend(_option_lines(entry.cls.Options))
             elif k == "samplers":
-                order = "adaptive" if entry.order is None else f"order {entry.order:g}"
+                order = "no order" if entry.order is None else f"order {entry.order:g}"
+                order += ", adaptive" if entry.adaptive else ""
                 kind_ = "stochastic" if entry.stochastic else "deterministic"
                 lines.append(f"      needs view: {entry.view}; {order}; {kind_}")
                 if entry.options:

@@ -31,7 +31,12 @@ lists each sampler's view, and a mismatch names the samplers that do fit."""
 class SampleConfig:
     """The options of ``physgen sample`` (``PHYSGEN_SAMPLE_*``, ``[sample]`` in --config)."""
 
-    sampler: str = option("heun", "Sampler name (see `physgen plugins`).", short="-s")
+    sampler: str | None = option(
+        None,
+        "Sampler name (see `physgen plugins`)  [default: the process's own: heun; "
+        "consistency for ct/ict/cd]",
+        short="-s",
+    )
     steps: int = option(
         18, "Grid steps (Heun on a grid ending at σ=0 spends 2·steps−1 NFE).", min=1
     )
@@ -41,8 +46,9 @@ class SampleConfig:
     )
     schedule: str | None = option(
         None,
-        "σ-schedule replacing the process's grid, same endpoints (denoiser/score samplers): "
-        "karras, logsnr, time_uniform.",
+        "σ-schedule replacing the process's grid, same endpoints (fixed-step samplers on a "
+        "σ-grid: euler, heun, rk4 on diffusion/PFGM++ and every denoiser/score sampler): "
+        "karras, logsnr, time_uniform, knots.",
     )
     schedule_options: tuple[str, ...] = option(
         (), "Schedule option, repeatable: --schedule-opt rho=5.", flag="--schedule-opt"
@@ -60,7 +66,9 @@ class SampleConfig:
     )
     batch_size: int = option(4096, "Samples per batch (results do not depend on it).", min=1)
     out: str | None = option(
-        None, "Run file  [default: samples-<sampler>-<steps>.h5 beside the checkpoint]"
+        None,
+        "Run file  [default: samples-<sampler>-<steps>.h5 beside the checkpoint; "
+        "samples-<sampler>.h5 for adaptive samplers]",
     )
     metrics: bool = option(
         True, "Compare with fresh data from the training dataset (sliced W2, MMD)."
@@ -117,10 +125,11 @@ def sample(ctx: click.Context, checkpoint: str, **values: object) -> None:
     check_env("sample", SampleConfig)
     c = SampleConfig(**values)  # type: ignore[arg-type]
     ckpt = Path(checkpoint)
-    out_path = Path(c.out) if c.out else ckpt.parent / f"samples-{c.sampler}-{c.steps}.h5"
-    if out_path.suffix not in (".h5", ".hdf5"):
-        raise ConfigError(f"--out must end in .h5 or .hdf5, got {out_path.name}")
-    check_new(out_path, c.overwrite)
+    out_path = Path(c.out) if c.out else None  # default: named by run_sample from the sampler
+    if out_path is not None:
+        if out_path.suffix not in (".h5", ".hdf5"):
+            raise ConfigError(f"--out must end in .h5 or .hdf5, got {out_path.name}")
+        check_new(out_path, c.overwrite)
     run_sample(
         checkpoint=ckpt,
         out_path=out_path,

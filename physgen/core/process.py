@@ -323,19 +323,36 @@ class Process(nn.Module):
 
     # -- views ---------------------------------------------------------------------------
 
+    #: the sampler :func:`physgen.sampling.sample` and ``physgen sample`` use when none is
+    #: named; it must fit the views of every instance
+    default_sampler: ClassVar[str] = "heun"
+    #: for a view that some options take away, the options under which it is served (one
+    #: line, shown by ``physgen plugins`` and in the error when it is refused)
+    view_conditions: ClassVar[dict[str, str]] = {}
+
     @classmethod
-    def views(cls) -> tuple[str, ...]:
-        """The names of the views this process implements, in :data:`VIEWS` order."""
+    def implemented_views(cls) -> tuple[str, ...]:
+        """The view methods this class implements, in :data:`VIEWS` order: the most an
+        instance can serve. What an instance serves is :meth:`views`."""
         return tuple(v for v in VIEWS if getattr(cls, v) is not getattr(Process, v))
+
+    def views(self) -> tuple[str, ...]:
+        """The views this instance serves with its options, in :data:`VIEWS` order. Every
+        listing reads it (``compatible_samplers``, ``physgen plugins``, the docs). A process
+        whose options take a view away overrides it (flow matching has no score view under an
+        OT coupling) and says when in :attr:`view_conditions`."""
+        return self.implemented_views()
 
     def view(self, kind: str, net: Backbone, cond: Tensor | None = None) -> View:
         """The view ``kind`` of this process over ``net``; a clear error if it has none."""
         if kind not in VIEWS:
             raise ConfigError(f"unknown view {kind!r} (views: {', '.join(VIEWS)})")
         if kind not in self.views():
+            when = self.view_conditions.get(kind)
             raise ConfigError(
-                f"process {type(self).__name__} has no {kind!r} view "
-                f"(it has: {', '.join(self.views()) or 'none'})"
+                f"process {type(self).__name__} has no {kind!r} view"
+                + (f" with these options ({kind} {when})" if when else "")
+                + f" (it has: {', '.join(self.views()) or 'none'})"
             )
         return getattr(self, kind)(net, cond)
 

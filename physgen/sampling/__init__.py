@@ -3,6 +3,12 @@
 likelihood (:mod:`physgen.sampling.likelihood`) and reflow pairs with straightness
 (:mod:`physgen.sampling.reflow`)."""
 
-from physgen.sampling.driver import SampleSet, compatible_samplers, resolve_sampler, sample
+from physgen.sampling.driver import (
+    SampleSet,
+    compatible_samplers,
+    describe_views,
+    resolve_sampler,
+    sample,
+)
 
-__all__ = ["SampleSet", "compatible_samplers", "resolve_sampler", "sample"]
+__all__ = ["SampleSet", "compatible_samplers", "describe_views", "resolve_sampler", "sample"]

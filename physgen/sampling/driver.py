@@ -26,7 +26,7 @@ from physgen.sampling.guidance import Classifier, GuidedNet, classifier_guided
 from physgen.solvers import Sampler
 from physgen.solvers.grids import regrid
 
-__all__ = ["SampleSet", "compatible_samplers", "resolve_sampler", "sample"]
+__all__ = ["SampleSet", "compatible_samplers", "describe_views", "resolve_sampler", "sample"]
 
 
 @dataclass(frozen=True)
@@ -47,21 +47,37 @@ class SampleSet:
 
 
 def compatible_samplers(process: Process, registry: Registry | None = None) -> list[str]:
-    """Names of the installed samplers whose view ``process`` provides."""
+    """Names of the installed samplers whose view ``process`` serves with its options (an
+    instance: ``otcfm``'s OT coupling, for one, takes the score view away)."""
     registry = registry or get_registry()
     views = process.views()
     return [s.name for s, _ in registry.items("samplers") if s.view in views]
 
 
+def describe_views(cls: type[Process]) -> str:
+    """The views of ``cls``'s default-options instance, then which options change them and
+    the default sampler: the line ``physgen plugins`` and the docs print, e.g. ``ode,
+    denoiser (score only with coupling=independent and source=gaussian); default sampler
+    heun``."""
+    process = cls()
+    text = ", ".join(process.views()) or "none"
+    conditions = [f"{view} {when}" for view, when in cls.view_conditions.items()]
+    if conditions:
+        text += f" ({'; '.join(conditions)})"
+    return f"{text}; default sampler {process.default_sampler}"
+
+
 def resolve_sampler(process: Process, name: str, registry: Registry | None = None) -> Sampler:
-    """The sampler ``name``, checked against the views ``process`` provides."""
+    """The sampler ``name``, checked against the views ``process`` serves with its options."""
     registry = registry or get_registry()
     sampler: Sampler = registry.sampler(name)
     if sampler.view not in process.views():
         fit = ", ".join(compatible_samplers(process, registry)) or "none"
+        when = process.view_conditions.get(sampler.view)
+        why = f" with these options ({sampler.view} {when})" if when else ""
         raise ConfigError(
             f"sampler {name!r} needs the {sampler.view!r} view, which process "
-            f"{type(process).__name__} does not provide; samplers that fit: {fit}"
+            f"{type(process).__name__} does not serve{why}; samplers that fit: {fit}"
         )
     return sampler
 
@@ -73,7 +89,7 @@ def sample(
     event_shape: tuple[int, ...],
     *,
     n: int = 1024,
-    sampler: str = "heun",
+    sampler: str | None = None,
     steps: int = 18,
     seed: int = 0,
     batch_size: int = 4096,
@@ -94,8 +110,10 @@ def sample(
     """Draw ``n`` samples of ``event_shape`` by integrating the reverse dynamics of ``process``.
 
     Sample ``i`` uses its own generator seeded from ``(seed, i)``, so it does not depend on
-    ``batch_size``. ``cond`` (``[n]`` class labels) conditions the network. ``options`` are
-    keyword options of the sampler function (e.g. ``rtol`` for dopri5, ``S_churn``).
+    ``batch_size``. ``sampler`` defaults to the process's own ``default_sampler`` (heun;
+    consistency for consistency models). ``cond`` (``[n]`` class labels) conditions the
+    network. ``options`` are keyword options of the sampler function (e.g. ``rtol`` for dopri5,
+    ``S_churn``); strings are converted to the option's type.
 
     Guidance (:mod:`physgen.sampling.guidance`, every process): ``guidance`` is the classifier-free
     scale ``w`` (0 unconditional, 1 conditional, > 1 guided; needs ``cond`` and a net trained
@@ -103,9 +121,14 @@ def sample(
     or t for flow-matching ODE views). ``classifier(x, sigma) -> logits`` adds
     ``classifier_scale · ∇ log p(cond | x, σ)`` to the score (score views only).
 
-    ``schedule`` (denoiser and score samplers only) replaces the view's σ-grid by a named
-    schedule of :mod:`physgen.solvers.grids` between the same endpoints, with
-    ``schedule_options`` (e.g. ``{"rho": 5}`` for ``karras``).
+    ``schedule`` replaces the view's σ-grid by a named schedule of
+    :mod:`physgen.solvers.grids` between the same endpoints, with ``schedule_options`` (e.g.
+    ``{"rho": 5}`` for ``karras``): for every fixed-step sampler on a σ-grid — denoiser and
+    score samplers, and ODE solvers on a σ-frame ODE view (diffusion, PFGM++; not flow
+    matching's t-grid).
+
+    ``SampleSet.nfe`` counts network evaluations: a classifier-free guided call evaluates the
+    network twice (batched), so it counts two; one the guidance interval switches off, one.
 
     ``clip_denoised = c > 0`` clamps the denoiser's output ``D(x; σ)`` to ``[−c, c]`` (the x̂_0
     clipping of Ho et al. 2020's and Nichol & Dhariwal 2021's samplers, images in [−1, 1]):
@@ -121,16 +144,11 @@ def sample(
         raise ConfigError(f"cond has {cond.shape[0]} labels for {n} samples")
     if cond is None and (guidance != 1.0 or classifier is not None):
         raise ConfigError("guidance needs class labels: pass cond ([n] ints, −1 = none)")
+    sampler = sampler if sampler is not None else process.default_sampler
     spec = resolve_sampler(process, sampler, registry)
-    options = {**spec.options, **(options or {})}
-    unknown = set(options) - set(spec.options)
-    if unknown:
-        known = ", ".join(spec.options) or "none"
-        raise ConfigError(
-            f"sampler {sampler!r} has no option {sorted(unknown)[0]!r} (options: {known})"
-        )
-    if schedule is not None and spec.view not in ("denoiser", "score"):
-        raise ConfigError(f"a schedule applies to denoiser/score samplers, not {sampler!r}")
+    options = spec.parse_options(options)
+    if schedule is not None:
+        _check_schedule(process, spec)
     if not clip_denoised >= 0:
         raise ConfigError(f"clip_denoised must be ≥ 0, got {clip_denoised}")
     clippable = spec.view in ("denoiser", "score") or isinstance(process, GaussianProcess)
@@ -150,12 +168,17 @@ def sample(
             view = classifier_guided(view, classifier, c, classifier_scale)
         grid = view.grid(steps) if hasattr(view, "grid") else view.sigmas(steps)
         if schedule is not None:
+            if not bool(grid[0] > grid[-1]):  # time, not σ: flow matching's ODE view (t: 0 → 1)
+                raise ConfigError(
+                    f"schedule: the {spec.view} view of {type(process).__name__} runs in t, "
+                    "not σ; use a denoiser sampler (e.g. dpmpp_2m) for a σ-schedule"
+                )
             grid = regrid(grid, schedule, **(schedule_options or {}))
         x = view.prior((count, *event_shape), generator=gen, device=device, dtype=dtype)
         f = CountedFn(guided.timed(_view_fn(view, spec.view)))
         x = spec.fn(f, x, grid.to(device), generator=gen, **options)
         chunks.append(x)
-        nfe = max(nfe, f.nfe)
+        nfe = max(nfe, f.nfe + guided.doubled)  # a guided call is two network evaluations
         if on_batch is not None:
             on_batch(count)
     wall = time.perf_counter() - start_time
@@ -181,6 +204,19 @@ def _view(process: Process, kind: str, net: Backbone, cond: Tensor | None, clip:
     denoise = base.denoise
     clipped = dataclasses.replace(base, denoise=lambda x, s: denoise(x, s).clamp(-clip, clip))
     return clipped.as_ode() if kind == "ode" else clipped
+
+
+def _check_schedule(process: Process, spec: Sampler) -> None:
+    """A named σ-schedule needs a fixed-step sampler on a σ-grid (one-line error otherwise)."""
+    if spec.adaptive:
+        raise ConfigError(
+            f"schedule: sampler {spec.name!r} chooses its own steps (adaptive); "
+            "a schedule applies to fixed-step samplers"
+        )
+    if spec.view == "consistency":
+        raise ConfigError(
+            f"schedule: sampler {spec.name!r} runs on consistency times, not a σ-grid"
+        )
 
 
 def _guidance_record(

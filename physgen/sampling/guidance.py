@@ -56,7 +56,9 @@ class GuidedNet:
     ``scale`` is ``w``: 0 is the unconditional model, 1 the conditional one. ``interval``
     ``(lo, hi)`` limits guidance to view times in ``[lo, hi]`` (module docstring); elsewhere
     the output is conditional. Rows whose label is −1 are unconditional at every ``w``.
-    Conditional and unconditional outputs come from one batched forward pass.
+    Conditional and unconditional outputs come from one batched forward pass, which counts
+    as two network evaluations (:attr:`doubled`); where the interval switches guidance off
+    the pass is conditional only and counts one.
     """
 
     def __init__(
@@ -66,6 +68,9 @@ class GuidedNet:
             raise ConfigError(f"guidance interval needs lo ≤ hi, got {interval}")
         self.net, self.scale, self.interval = net, float(scale), interval
         self._time: Tensor | None = None
+        #: guided calls so far: each evaluated the network twice (conditional and
+        #: unconditional, batched), so the NFE of a guided sample adds one per such call
+        self.doubled = 0
 
     def timed(self, fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
         """``fn(x, t)`` that first records ``t`` for the guidance interval."""
@@ -101,6 +106,7 @@ class GuidedNet:
         if self.scale == 0.0 and active is None:
             return self.net(x, noise_label, uncond_labels(class_labels))
         label = noise_label.expand(x.shape[0]) if noise_label.ndim == 0 else noise_label
+        self.doubled += 1  # two network evaluations, as the field counts guidance's cost
         both = self.net(
             torch.cat([x, x]),
             torch.cat([label, label]),

@@ -253,15 +253,26 @@ def straightness(
     *,
     solver: str = "rk4",
 ) -> float:
-    """Straightness ``S = ∫_0^1 E||(x_1 − x_0) − v(x_t, t)||² dt`` (Liu et al. 2023) of the
-    flow from ``x0`` ``[B, *event]`` (drawn from the view's prior), along its own trajectory.
+    """Straightness ``S = ∫_0^1 E||(y_1 − y_0) − dy/dτ||² dτ`` (Liu et al. 2023, the
+    straightness ``S(Z)`` of a flow) of the flow from ``x0`` ``[B, *event]`` (drawn from the
+    view's prior), along its own trajectory, measured in **one frame for every process**: the
+    flow-matching frame, where the straight reference path is ``y_t = t y_1 + (1 − t) y_0``.
 
-    ``ode``: an :class:`~physgen.core.process.ODEView` (its grid's time is mapped affinely onto
-    [0, 1], so a σ-grid counts too) or a velocity ``v(x, t)`` on t ∈ [0, 1]. The trajectory
-    comes from the registered ODE ``solver`` on ``steps`` steps; over each step the velocity
-    is the chord ``Δx_i / Δτ_i``, so ``S ≈ Σ_i Δτ_i E||(x_N − x_0) − Δx_i/Δτ_i||²`` — exactly
-    0 on a straight constant-speed path, the integral as steps grow, and never evaluated at
-    the data end. ``||·||²`` sums over the event dims; ``E`` is the mean over the batch.
+    ``ode``: a velocity ``v(x, t)`` on t ∈ [0, 1], or an :class:`~physgen.core.process.ODEView`.
+    A view whose grid increases runs in that frame already (flow matching: ``y = x_t``). A view
+    whose grid decreases runs in the σ-frame ``x = y_data + σ n`` (diffusion, PFGM++; EDM eq. 1
+    with s = 1), and each state is mapped to ``t = 1/(1 + σ)``, ``y = t x`` — the flow-matching
+    path ``t y_data + (1 − t) n`` of the same noise, so EDM on Gaussian data and flow matching
+    on the same data give the same value, and ``S`` no longer scales with σ_max². Time is then
+    normalised affinely over the trajectory, ``τ = (t − t_0)/(t_N − t_0)``.
+
+    The trajectory comes from the registered ODE ``solver`` on ``steps`` steps of the view's
+    grid; over each step the velocity is the chord ``Δy_i / Δτ_i``, so
+    ``S ≈ Σ_i Δτ_i E||(y_N − y_0) − Δy_i/Δτ_i||²`` — exactly 0 on a straight constant-speed
+    path (in the σ-frame: ``x_σ = y_data + σ n``, a constant denoiser), the integral as steps
+    grow, and never evaluated at the data end. ``||·||²`` sums over the event dims; ``E`` is the
+    mean over the batch. Guidance is the caller's: pass the view of a guided net
+    (:class:`~physgen.sampling.guidance.GuidedNet`).
     """
     from physgen.registry import get_registry
 
@@ -277,9 +288,14 @@ def straightness(
     states = [x0]
     spec.fn(field, x0, grid.to(x0.device), on_step=lambda i, x: states.append(x))
     path = torch.stack(states).to(torch.float64)  # [steps + 1, B, *event]
-    tau = ((grid - grid[0]) / (grid[-1] - grid[0])).to(path.device)
+    grid = grid.to(device=path.device, dtype=torch.float64)
+    shape = (-1, *[1] * (path.ndim - 1))
+    if bool(grid[0] > grid[-1]):  # σ-frame → flow-matching frame: t = 1/(1 + σ), y = t x
+        grid = 1 / (1 + grid)
+        path = path * grid.reshape(shape)
+    tau = (grid - grid[0]) / (grid[-1] - grid[0])
     dtau = tau.diff()
-    chords = path.diff(dim=0) / dtau.reshape(-1, *[1] * (path.ndim - 1))
+    chords = path.diff(dim=0) / dtau.reshape(shape)
     gap = (path[-1] - path[0]) - chords  # [steps, B, *event]
     per_step = gap.pow(2).flatten(2).sum(-1).mean(1)  # E||·||² at each step
     return float((dtau * per_step).sum())

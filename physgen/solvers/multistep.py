@@ -46,6 +46,7 @@ from torch import Tensor
 
 from physgen.errors import ConfigError
 from physgen.solvers import Sampler
+from physgen.solvers.exponential import exponential_step
 
 __all__ = [
     "LOWER_ORDER_FINAL_BELOW",
@@ -53,21 +54,12 @@ __all__ = [
     "adams_bashforth_weights",
     "dpmpp_2m",
     "dpmpp_3m",
-    "exponential_step",
     "ipndm",
     "unipc",
 ]
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 OnStep = Callable[[int, Tensor], None]
-
-
-def exponential_step(x: Tensor, sigma: Tensor, sigma_next: Tensor, denoised: Tensor) -> Tensor:
-    """The data-prediction exponential-integrator step with the denoiser held at ``denoised``
-    (DPM-Solver++(1), i.e. DDIM): ``x' = (σ'/σ) x − (e^(−h) − 1) D`` with ``e^(−h) = σ'/σ``.
-    At σ' = 0 it returns ``denoised`` exactly. ``sigma``, ``sigma_next``: 0-dim float64."""
-    ratio = sigma_next / sigma  # e^(−h), float64
-    return ratio * x + (1 - ratio) * denoised
 
 
 def _check_sigmas(grid: Tensor, afs: bool = False) -> None:
@@ -170,7 +162,7 @@ def dpmpp_2m(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
-    afs: bool = False,
+    afs: bool = False,  # analytical first step: D = 0 at σ_max, one NFE fewer
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), one denoiser call per step.
 
@@ -217,8 +209,8 @@ def dpmpp_3m(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
-    lower_order_final: bool = True,
-    afs: bool = False,
+    lower_order_final: bool = True,  # orders 2, 1 on the last steps of < 15-step grids
+    afs: bool = False,  # analytical first step: D = 0 at σ_max, one NFE fewer
 ) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022), deterministic, one denoiser call per step.
 
@@ -291,8 +283,8 @@ def unipc(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
-    lower_order_final: bool = True,
-    afs: bool = False,
+    lower_order_final: bool = True,  # orders 2, 1 on the last steps of < 15-step grids
+    afs: bool = False,  # analytical first step: D = 0 at σ_max, one NFE fewer
 ) -> Tensor:
     """UniPC-3 with B(h) = e^h − 1 (Zhao et al. 2023, "bh2"), data prediction, one denoiser
     call per step.
@@ -337,8 +329,8 @@ def ipndm(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
-    lower_order_final: bool = True,
-    afs: bool = False,
+    lower_order_final: bool = True,  # orders 2, 1 on the last steps of < 15-step grids
+    afs: bool = False,  # analytical first step: D = 0 at σ_max, one NFE fewer
 ) -> Tensor:
     """iPNDM (Zhang & Chen 2023, §4; Zhou et al. 2024): fourth-order Adams–Bashforth on the
     σ-frame PF-ODE ``dx/dσ = d = (x − D(x; σ))/σ`` (EDM eq. 3), warmed up at orders 1, 2, 3
@@ -362,10 +354,9 @@ def _record(name: str, fn: Callable[..., Tensor], order: int, description: str) 
     """The record of a solver here: denoiser view, one NFE per interval; options ``afs``
     (analytical first step: D = 0 at σ_max, one NFE fewer) and, for the solvers above second
     order, ``lower_order_final`` (orders 2, 1 on the last steps of < 15-step grids)."""
-    options = {"lower_order_final": True, "afs": False} if order > 2 else {"afs": False}
     return Sampler(
         name=name, fn=fn, view="denoiser", description=description, order=order,
-        nfe=_one_per_interval, options=options,
+        nfe=_one_per_interval,
     )  # fmt: skip
 
 

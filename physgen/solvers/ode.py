@@ -233,9 +233,9 @@ def dopri5(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    max_steps: int = 10_000,
+    rtol: float = 1e-5,  # relative tolerance of the local error estimate
+    atol: float = 1e-5,  # absolute tolerance of the local error estimate
+    max_steps: int = 10_000,  # accepted + rejected steps per output interval before giving up
 ) -> Tensor:
     """Dormand–Prince 5(4) with adaptive steps (torchdiffeq ``dopri5``)."""
     return _adaptive("dopri5", f, x, grid, on_step, rtol, atol, max_steps)
@@ -248,9 +248,9 @@ def bosh3(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    max_steps: int = 10_000,
+    rtol: float = 1e-5,  # relative tolerance of the local error estimate
+    atol: float = 1e-5,  # absolute tolerance of the local error estimate
+    max_steps: int = 10_000,  # accepted + rejected steps per output interval before giving up
 ) -> Tensor:
     """Bogacki–Shampine 3(2) with adaptive steps (torchdiffeq ``bosh3``)."""
     return _adaptive("bosh3", f, x, grid, on_step, rtol, atol, max_steps)
@@ -263,9 +263,9 @@ def adaptive_heun(
     *,
     generator: torch.Generator | None = None,
     on_step: OnStep | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    max_steps: int = 10_000,
+    rtol: float = 1e-5,  # relative tolerance of the local error estimate
+    atol: float = 1e-5,  # absolute tolerance of the local error estimate
+    max_steps: int = 10_000,  # accepted + rejected steps per output interval before giving up
 ) -> Tensor:
     """Heun–Euler 2(1) with adaptive steps (torchdiffeq ``adaptive_heun``)."""
     return _adaptive("adaptive_heun", f, x, grid, on_step, rtol, atol, max_steps)
@@ -280,12 +280,6 @@ def _nfe_rule(stages: int) -> Callable[[Tensor], int]:
 
     return nfe
 
-
-_TOLERANCES = {
-    "rtol": 1e-5,  # relative tolerance of the local error estimate
-    "atol": 1e-5,  # absolute tolerance of the local error estimate
-    "max_steps": 10_000,  # accepted + rejected steps per output interval before giving up
-}
 
 #: the ODE samplers, registered by :mod:`physgen.registry.builtin`
 SAMPLERS: list[Sampler] = [
@@ -319,7 +313,7 @@ SAMPLERS: list[Sampler] = [
         view="ode",
         description="adaptive Dormand–Prince 5(4) via torchdiffeq",
         order=5,
-        options=dict(_TOLERANCES),
+        adaptive=True,
     ),
     Sampler(
         name="bosh3",
@@ -327,7 +321,7 @@ SAMPLERS: list[Sampler] = [
         view="ode",
         description="adaptive Bogacki–Shampine 3(2) via torchdiffeq",
         order=3,
-        options=dict(_TOLERANCES),
+        adaptive=True,
     ),
     Sampler(
         name="adaptive_heun",
@@ -335,6 +329,6 @@ SAMPLERS: list[Sampler] = [
         view="ode",
         description="adaptive Heun–Euler 2(1) via torchdiffeq",
         order=2,
-        options=dict(_TOLERANCES),
+        adaptive=True,
     ),
 ]

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from physgen.core.process import append_dims, convert_value
+from physgen.core.process import append_dims
 from physgen.core.rng import Generator, randn_like
 from physgen.errors import ConfigError
 from physgen.solvers import Sampler
@@ -174,10 +174,10 @@ def heun_churn(
     *,
     generator: Generator | None = None,
     on_step: OnStep | None = None,
-    S_churn: float = 0.0,
-    S_tmin: float = 0.0,
-    S_tmax: float = math.inf,
-    S_noise: float = 1.0,
+    S_churn: float = 0.0,  # total churn over the grid (EDM Alg. 2); 0: Heun, Algorithm 1
+    S_tmin: float = 0.0,  # churn only at σ ≥ S_tmin
+    S_tmax: float = math.inf,  # churn only at σ ≤ S_tmax
+    S_noise: float = 1.0,  # scale of the churn noise (EDM Alg. 2, line 5)
 ) -> Tensor:
     """EDM Algorithm 2: churn the noise level up to ``σ̂ = σ (1 + γ)``, then a Heun step of
     ``dx/dσ = (x − D)/σ`` from ``σ̂`` to ``σ_{i+1}`` (Euler on the final step to σ = 0).
@@ -210,8 +210,8 @@ def langevin(
     *,
     generator: Generator | None = None,
     on_step: OnStep | None = None,
-    corrector_steps: int = 10,
-    eps: float | None = None,
+    corrector_steps: int = 10,  # Langevin steps T at each level
+    eps: float | None = None,  # step size at σ_L (None: min(2e-5, σ_L²), docstring)
 ) -> Tensor:
     """Annealed Langevin dynamics (NCSN Algorithm 1) on the nonzero levels of ``grid``.
 
@@ -243,8 +243,6 @@ def langevin(
     sigma_L = levels[-1]
     if eps is None:  # min(NCSN's 2e-5, σ_L²): Song & Ermon 2020, Technique 4 (docstring)
         eps = min(2e-5, float(sigma_L) ** 2)
-    else:  # a ``--opt`` string has no float default to be converted by
-        eps = convert_value(eps, 0.0, name="eps", owner="sampler 'langevin'")
     _positive("eps", eps)
     # The score of p_σ is at most 1/σ²-Lipschitz (its Hessian is (Cov[y|x] − σ² I)/σ⁴), so a
     # step (α_i/2) with α_i/(2σ_i²) = eps/(2σ_L²) ≥ 2 diverges wherever σ_i dwarfs the data.
@@ -274,9 +272,9 @@ def pc(
     *,
     generator: Generator | None = None,
     on_step: OnStep | None = None,
-    corrector_steps: int = 1,
-    snr: float = 0.16,
-    snr_norm: str = "batch",
+    corrector_steps: int = 1,  # Langevin corrector steps after each predictor step
+    snr: float = 0.16,  # signal-to-noise ratio r of the corrector step (score SDE Alg. 4)
+    snr_norm: str = "batch",  # "batch" or "example" norms in the step size (docstring)
 ) -> Tensor:
     """Predictor–corrector sampling for the VE SDE (score SDE Alg. 2): a reverse-diffusion
     (Euler–Maruyama) predictor step from σ_i to σ_{i+1}, then ``corrector_steps`` Langevin
@@ -350,7 +348,6 @@ SAMPLERS: list[Sampler] = [
         order=1,  # weak order with churn; S_churn = 0 is Heun (order 2)
         stochastic=True,
         nfe=_nfe_heun_churn,
-        options={"S_churn": 0.0, "S_tmin": 0.0, "S_tmax": math.inf, "S_noise": 1.0},
     ),
     Sampler(
         name="langevin",
@@ -360,7 +357,6 @@ SAMPLERS: list[Sampler] = [
         order=None,  # MCMC at each level: no order in the step of the grid
         stochastic=True,
         nfe=_nfe_langevin,
-        options={"corrector_steps": 10, "eps": None},  # eps None: min(2e-5, σ_L²)
     ),
     Sampler(
         name="pc",
@@ -370,6 +366,5 @@ SAMPLERS: list[Sampler] = [
         order=None,  # the snr corrector's bias does not vanish as the steps shrink
         stochastic=True,
         nfe=_nfe_pc,
-        options={"corrector_steps": 1, "snr": 0.16, "snr_norm": "batch"},
     ),
 ]

@@ -208,6 +208,8 @@ class ConsistencyProcess(Process):
     options: ConsistencyOptions
     #: whether the process keeps an EMA target network θ⁻ (CT, CD) or uses stopgrad(θ) (iCT)
     uses_target = True
+    #: its one view's sampler (Song et al. 2023, Algorithm 1)
+    default_sampler = "consistency"
 
     def __init__(self, options: object = None, **overrides: object):
         super().__init__(options, **overrides)

@@ -1,19 +1,14 @@
 """physgen's Gaussian diffusion processes, registered as an ordinary physgen plugin.
 
 Processes: EDM, DDPM (discrete), continuous VP and VE — each with ode, denoiser and score views
-in the σ-frame. Samplers: ``ancestral`` and ``ddim``, written in the σ-frame over the denoiser,
-so they serve every process with a score view (see :mod:`physgen_diffusion.samplers`).
+in the σ-frame. Their samplers ``ancestral`` and ``ddim`` serve any score view and live with the
+other solvers (:mod:`physgen.solvers.exponential`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from physgen.registry import ProcessEntry
 from physgen.registry.hookspecs import hookimpl
-
-if TYPE_CHECKING:  # keep plugin loading free of torch until a hook is called
-    from physgen.solvers import Sampler
 
 
 @hookimpl
@@ -29,10 +24,3 @@ def physgen_processes() -> list[ProcessEntry]:
         ProcessEntry("vp", VP, "continuous VP SDE, β(t) linear 0.1 → 20 (Song et al. 2021)"),
         ProcessEntry("ve", VE, "VE SDE / NCSN, geometric σ (Song et al. 2021)"),
     ]
-
-
-@hookimpl
-def physgen_samplers() -> list[Sampler]:
-    from physgen_diffusion.samplers import SAMPLERS
-
-    return SAMPLERS

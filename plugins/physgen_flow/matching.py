@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -159,10 +159,13 @@ class RectifiedFlowOptions(PathOptions):
 
 class FlowMatching(Process):
     """Conditional flow matching on the linear path; the coupling is an option.
-    Views: ode, denoiser, score (score: independent coupling and Gaussian source only)."""
+    Views: ode, denoiser, and score with an independent coupling from a Gaussian source."""
 
     Options = FlowMatchingOptions
     options: PathOptions
+    view_conditions: ClassVar[dict[str, str]] = {
+        "score": "only with coupling=independent and source=gaussian"
+    }
 
     def __init__(self, options: Any = None, **overrides: Any):
         super().__init__(options, **overrides)
@@ -295,6 +298,14 @@ class FlowMatching(Process):
             prior_logp=gaussian_logp(sigma_max) if gaussian else None,
         )
 
+    def views(self) -> tuple[str, ...]:
+        """ode and denoiser; score too where ``x_t/t`` is a Gaussian perturbation of the data
+        (an independent coupling from a Gaussian source, module docstring)."""
+        views = super().views()
+        if self._not_gaussian_perturbation():
+            views = tuple(v for v in views if v != "score")
+        return views
+
     def score(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
         reason = self._not_gaussian_perturbation()
         if reason:
@@ -330,6 +341,7 @@ class RectifiedFlow(FlowMatching):
 
     Options = RectifiedFlowOptions  # type: ignore[assignment]
     options: RectifiedFlowOptions
+    view_conditions: ClassVar[dict[str, str]] = {}  # reflow pairs: never a score view
 
     def _make_coupling(self) -> Any:
         from physgen_flow.couplings import load_pair_coupling
