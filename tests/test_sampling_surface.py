@@ -240,7 +240,7 @@ def test_straightness_is_the_same_for_edm_and_the_equivalent_flow() -> None:
 
 
 def test_cli_straightness_honours_guidance() -> None:
-    ckpt = SimpleNamespace(process=physgen.get_process("edm"), net=_net(3), event_shape=(2,))
+    ckpt = SimpleNamespace(process=physgen.get_process("edm"), ema=_net(3), event_shape=(2,))
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     plain = _straightness(ckpt, 8, 0, torch.device("cpu"), labels)
     guided = _straightness(ckpt, 8, 0, torch.device("cpu"), labels, guidance=4.0)
