@@ -34,3 +34,8 @@ class SolverError(PhysgenError, RuntimeError):
 
 class TrainingError(PhysgenError, RuntimeError):
     """Training stopped on a non-finite loss or another unrecoverable condition."""
+
+
+class WriteError(PhysgenError, OSError):
+    """An output could not be written (read-only or full file system, no permission); the
+    message names the target file, never a temporary name."""

@@ -12,7 +12,7 @@ import torch
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.cli.plots import plot_curves, plot_image_grid, plot_samples
 from physgen.data import load_dataset
-from physgen.io import RunWriter, read_checkpoint_meta
+from physgen.io import RunWriter, add_metrics, read_checkpoint_meta
 
 
 def run_train(
@@ -176,7 +176,6 @@ def run_sample(
     guidance_interval: tuple[float, float] | None = None,
     class_label: int | None = None,
 ) -> None:
-    from physgen.registry import get_registry
     from physgen.sampling import resolve_sampler, sample
 
     ckpt = load_checkpoint(checkpoint, device=device)
@@ -206,29 +205,26 @@ def run_sample(
     x = result.x.float().cpu()
     if ckpt.latent is not None:  # latent mode: decode to data space
         x = _decode(ckpt.latent, result.x, batch_size).float().cpu()
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-        click.echo(f"warning: {bad} of {n} samples are not finite", err=True)
-    scores: dict[str, float] = {}
-    reference = None
-    if metrics:
-        reference = _reference(ckpt.meta, n, seed)
-        if reference is not None:
-            reg = get_registry()
-            gen = torch.Generator().manual_seed(seed)
-            for name in ("sliced_w2", "mmd"):
-                fn = reg.metric(name).fn
-                scores[name] = float(fn(x, reference, generator=gen))
-            prior = ckpt.process.view(spec.view, ckpt.net).prior(
-                (n, *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
-            )
-            if ckpt.latent is not None:
-                prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
-            scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
-    if nll:
-        scores.update(_nll(ckpt, nll, seed, device))
-    if straightness and "ode" in ckpt.process.views():
-        scores["straightness"] = _straightness(ckpt, min(straightness, n), seed, device)
+    finite = torch.isfinite(x.flatten(1)).all(1)
+    bad = int((~finite).sum())
+    if bad:
+        click.echo(f"warning: {bad} of {n} samples are not finite; left out of plot and metrics")
+    xf = x[finite]
+    m = min(len(xf), METRICS_MAX_N)  # metrics on a bounded subset (first m), recorded
+    reference = _reference(ckpt.meta, m, seed) if metrics and m > 1 else None
+    # Order: the plot (validated here, cheap) and the samples are published before metrics
+    # run, so that no failure after the sampling loses it.
+    png = out_path.with_suffix(".png")
+    if x.ndim == 4:  # images: a grid of the first 64 finite ones
+        plot_image_grid(png, xf[:64].numpy(), overwrite=overwrite)
+    else:
+        plot_samples(
+            png,
+            xf.numpy(),
+            reference=None if reference is None else reference.numpy(),
+            title=f"{ckpt.process_name} · {sampler} · {steps} steps · NFE {result.nfe}",
+            overwrite=overwrite,
+        )
     with RunWriter(
         out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
     ) as run:
@@ -242,23 +238,48 @@ def run_sample(
             seed=seed,
             wall_seconds=result.wall_seconds,
             checkpoint=str(checkpoint),
+            nonfinite=bad,
         )
-        for name, value in scores.items():
-            run.add_metric(name, value)
-    png = out_path.with_suffix(".png")
-    if x.ndim == 4:  # images: a grid of the first 64
-        plot_image_grid(png, x[:64].numpy())
-    else:
-        plot_samples(
-            png,
-            x.numpy(),
-            reference=None if reference is None else reference.numpy(),
-            title=f"{ckpt.process_name} · {sampler} · {steps} steps · NFE {result.nfe}",
-        )
+    scores: dict[str, float] = {}
+    if reference is not None:
+        scores.update(_set_metrics(ckpt, spec, xf[:m], reference, seed, device, batch_size))
+    if nll:
+        scores.update(_nll(ckpt, nll, seed, device))
+    if straightness and "ode" in ckpt.process.views():
+        scores["straightness"] = _straightness(ckpt, min(straightness, n), seed, device)
+    if scores:
+        add_metrics(out_path, {**scores, "metrics_n": m} if reference is not None else scores)
     line = f"{n} samples, {sampler}, {steps} steps, NFE {result.nfe}, {result.wall_seconds:.2f} s"
     if scores:
         line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    if reference is not None and m < n:
+        line += f" (metrics on the first {m} finite samples)"
     click.echo(f"{line}\nrun file: {out_path}\nplot:     {png}")
+
+
+#: the sample-set metrics of ``physgen sample`` use at most this many samples (the first ones):
+#: MMD is quadratic in time, so a bound keeps every run's metrics in seconds and bounded memory
+METRICS_MAX_N = 10_000
+
+
+def _set_metrics(
+    ckpt: Any, spec: Any, x: torch.Tensor, reference: torch.Tensor, seed: int,
+    device: torch.device, batch_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """Sliced W2 and MMD² of ``x`` against ``reference``, and the prior's sliced W2."""
+    from physgen.registry import get_registry
+
+    reg = get_registry()
+    gen = torch.Generator().manual_seed(seed)
+    scores = {name: float(reg.metric(name).fn(x, reference, generator=gen))
+              for name in ("sliced_w2", "mmd2_unbiased")}  # fmt: skip
+    prior = ckpt.process.view(spec.view, ckpt.net).prior(
+        (len(x), *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
+    )
+    if ckpt.latent is not None:
+        prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
+    scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
+    return scores
 
 
 def _sample_labels(

@@ -120,7 +120,12 @@ def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[s
 
 
 def _write_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as err:  # its I/O failures are not OSErrors
+        text = str(err).replace(str(path), "").replace(path.name, "")
+        reason = text.split('message: "')[-1].split('"')[0] if 'message: "' in text else text
+        raise OSError(reason.strip() or "write failed") from None
 
 
 def save_checkpoint(
