@@ -13,9 +13,26 @@ from physgen.api import get_network, get_process, load_checkpoint
 from physgen.cli.plots import plot_curves, plot_image_grid, plot_samples
 from physgen.data import load_dataset
 from physgen.io import RunWriter, add_metrics, read_checkpoint_meta
+from physgen.io.outputs import check_writable, claim_outputs
 
 
-def run_train(
+def run_train(*, out_dir: Path, resume: bool, overwrite: bool = False, **kwargs: Any) -> None:
+    """Train into ``out_dir``, holding its lock; every file the run writes is checked first:
+    a fresh run refuses an existing checkpoint, run file, loss plot or pair file (unless
+    ``overwrite``); a resumed run replaces only its own run file and plot."""
+    names = ["checkpoint.safetensors", "train.h5", "loss.png"]
+    if kwargs.get("reflow") is not None:
+        names.append("reflow_pairs.npz")
+    outputs = [out_dir / name for name in names]
+    with claim_outputs(
+        out_dir, [] if resume else outputs, overwrite=overwrite, command=kwargs["command"]
+    ):
+        for path in outputs:  # a resumed run must be able to write them too
+            check_writable(path)
+        _run_train(out_dir=out_dir, resume=resume, **kwargs)
+
+
+def _run_train(
     *,
     out_dir: Path,
     process_name: str,
@@ -152,7 +169,15 @@ def _reflow_pairs(
     return path
 
 
-def run_sample(
+def run_sample(*, out_path: Path, overwrite: bool, **kwargs: Any) -> None:
+    """Sample into ``out_path`` (and the PNG beside it), holding its lock; both outputs are
+    checked before any work."""
+    outputs = [out_path, out_path.with_suffix(".png")]
+    with claim_outputs(out_path, outputs, overwrite=overwrite, command=kwargs["command"]):
+        _run_sample(out_path=out_path, overwrite=overwrite, **kwargs)
+
+
+def _run_sample(
     *,
     checkpoint: Path,
     out_path: Path,

@@ -264,6 +264,7 @@ def train(
         grad_clip=grad_clip,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        overwrite=overwrite,
         seed=seed,
         device=resolve_device(device),
         progress=not quiet,

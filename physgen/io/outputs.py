@@ -64,12 +64,12 @@ def check_outputs(
 ) -> None:
     """Refuse the first output in ``paths`` that exists (a directory: that is not empty)
     unless ``overwrite``; then probe each one's directory for writability."""
-    paths = [Path(p) for p in paths]
+    targets = [Path(p) for p in paths]
     if not overwrite:
-        for path in paths:
+        for path in targets:
             if _taken(path):
                 raise ConfigError(f"{path} already exists (pass {hint} to replace it)")
-    for path in paths:
+    for path in targets:
         check_writable(path)
 
 
