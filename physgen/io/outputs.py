@@ -30,10 +30,10 @@ def write_error(path: str | os.PathLike[str], err: BaseException) -> WriteError:
 
 
 def _existing_ancestor(path: Path) -> Path:
-    for parent in path.absolute().parents:
+    for parent in path.parents:  # as given (relative stays relative in messages)
         if parent.exists():
             return parent
-    return Path("/")
+    return Path(".")
 
 
 def check_writable(path: str | os.PathLike[str]) -> None:
@@ -89,7 +89,7 @@ def lock_output(target: str | os.PathLike[str], command: str = "") -> Iterator[N
         return
     target = Path(target)
     lock = _lock_file(target)
-    check_writable(lock)
+    check_writable(target)  # the lock lives beside it: name the output, not the lock
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         try:
