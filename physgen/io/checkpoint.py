@@ -270,7 +270,7 @@ _META_SCHEMA: list[tuple[tuple[str, ...], Any, str]] = [
         ("optimizer", "param_groups"),
         lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v),
         "a list of tables",
-    ),  # fmt: skip
+    ),
     (("optimizer", "state_scalars"), lambda v: isinstance(v, dict), "a table"),
 ]
 _MISSING = object()
@@ -343,7 +343,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, raw: RawCheckpoint) -> N
     groups = [dict(g) for g in info["param_groups"]]
     entries = list(raw.optim.items()) + list(info.get("state_scalars", {}).items())
     for key, value in entries:
-        kind, index, name = (key.split(".", 2) + ["", ""])[:3]
+        kind, index, name = ([*key.split(".", 2), "", ""])[:3]
         if kind not in ("state", "group") or not index.isdigit() or not name:
             raise CheckpointError(f"{raw.path}: odd optimizer state key {key!r}")
         if kind == "state":
