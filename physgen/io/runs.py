@@ -239,7 +239,9 @@ def _read_run(f: h5py.File, path: Path) -> RunFile:
 def read_run(path: str | os.PathLike[str]) -> RunFile:
     """Read a run file written by :class:`RunWriter`; one-line :class:`CheckpointError` if it
     is missing, not HDF5, not a physgen run, or corrupt."""
-    path = Path(path)
+    from physgen.core.validate import check_path
+
+    path = Path(check_path("path", path))
     if not path.is_file():
         raise CheckpointError(f"run file not found: {path}")
     if not h5py.is_hdf5(path):

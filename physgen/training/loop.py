@@ -292,6 +292,14 @@ def train(
     ``encode``/``decode``, scaled here to unit-std latents) trains ``net`` on the encoded data;
     the checkpoint records the autoencoder so sampling can decode.
     """
+    from physgen.core import validate as _v
+    from physgen.core.process import Process
+
+    _v.check_instance("process", process, Process, "a physgen Process (physgen.get_process)")
+    _v.check_instance("net", net, nn.Module, "a torch.nn.Module (physgen.get_network)")
+    if not isinstance(getattr(data, "x", None), torch.Tensor):
+        _v.check_instance("data", data, (), "a physgen Dataset (physgen.load_dataset)")
+    _v.check_tensor("data.x", data.x, min_ndim=2)
     info = dist_info()
     shards = info.world_size if shards is None else shards
     _validate(
