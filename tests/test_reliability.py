@@ -293,7 +293,7 @@ JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),  # fmt: skip
+    ),
     max_leaves=6,
 )
 
@@ -318,7 +318,7 @@ def test_hand_edited_metadata_is_refused_or_works(ckpt: Path, field: str, value:
             checkpoint=edited,
             resume=True,
             progress=False,
-        ),  # fmt: skip
+        ),
     ):
         with contextlib.suppress(PhysgenError):
             call()
