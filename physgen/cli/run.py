@@ -74,6 +74,7 @@ def _run_train(
         dataset = str(pairs)
         process = get_process(process_name, **{**process_options, "pairs": dataset})
     data = load_dataset(dataset, n_data, seed=seed, **(data_options or {}))
+    _check_teacher_shape(process, data)
     info, device = init_distributed(device)  # torchrun: join the job, one device per rank
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
     num_classes = data.num_classes if (class_cond or label_dropout > 0) else 0
@@ -143,6 +144,21 @@ def _run_train(
         f"steps/s); final loss {float(result.losses[-100:].mean()):.4g}\n"
         f"checkpoint: {checkpoint}\nrun file:   {run_path}\nloss plot:  {out_dir / 'loss.png'}"
     )
+
+
+def _check_teacher_shape(process: Any, data: Any) -> None:
+    """A distillation teacher must have been trained on data of this run's shape."""
+    from physgen.errors import ConfigError
+
+    teacher = process.options_dict().get("teacher")
+    if not isinstance(teacher, str) or not teacher.endswith(".safetensors"):
+        return
+    shape = read_checkpoint_meta(teacher).get("dataset", {}).get("event_shape")
+    if shape is not None and tuple(shape) != tuple(data.event_shape):
+        raise ConfigError(
+            f"--teacher {teacher} was trained on data of shape {tuple(shape)}, this run's "
+            f"dataset {data.name!r} has shape {tuple(data.event_shape)}"
+        )
 
 
 def _reflow_pairs(
