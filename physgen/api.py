@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from physgen.core import validate as _v
 from physgen.core.process import Process, convert_value, parse_options
 from physgen.errors import CheckpointError, ConfigError, PhysgenError
 from physgen.registry import get_registry
@@ -19,7 +20,7 @@ __all__ = ["Checkpoint", "get_network", "get_process", "load_checkpoint"]
 def get_process(name: str, **options: Any) -> Process:
     """The registered process ``name`` with ``options`` (values may be strings, as from
     ``-o key=value``); unknown names and options are one-line :class:`ConfigError`."""
-    entry = get_registry().process(name)
+    entry = get_registry().process(_v.check_str("name", name))
     opts = parse_options(entry.cls.Options, options, owner=f"process {name!r}")
     process: Process = entry.cls(opts)
     process.registry_name = name  # type: ignore[assignment]
@@ -35,7 +36,9 @@ def get_network(
     The initial weights are a function of ``seed``: layers draw their initialisation from
     torch's global CPU generator, so it is seeded here inside ``torch.random.fork_rng`` and the
     caller's global RNG state is left as it was."""
-    entry = get_registry().network(name)
+    event_shape = _v.check_shape("event_shape", event_shape)
+    num_classes = _v.check_int("num_classes", num_classes, min=0)
+    entry = get_registry().network(_v.check_str("name", name))
     unknown = set(config) - set(entry.config)
     if unknown:
         known = ", ".join(entry.config) or "none"
@@ -112,7 +115,7 @@ def load_checkpoint(
     from physgen.io import load_checkpoint_file
     from physgen.training.latent import codec_from_checkpoint
 
-    path = Path(path)
+    path = Path(_v.check_path("path", path))
     raw = load_checkpoint_file(path)
     meta = raw.meta
     try:

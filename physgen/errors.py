@@ -34,3 +34,31 @@ class SolverError(PhysgenError, RuntimeError):
 
 class TrainingError(PhysgenError, RuntimeError):
     """Training stopped on a non-finite loss or another unrecoverable condition."""
+
+
+def allocation_error(err: BaseException) -> PhysgenError | None:
+    """A one-line error for a failed memory allocation (a ``MemoryError``, torch's CPU
+    allocator or CUDA out of memory) saying how much was asked for; None for anything else."""
+    import re
+
+    text = str(err)
+    if not isinstance(err, MemoryError) and not re.search(
+        r"can't allocate memory|out of memory|Cannot allocate memory", text
+    ):
+        return None
+    match = re.search(r"allocate (\d+) bytes|Tried to allocate ([\d.]+) ([KMGT]i?B)", text)
+    if match and match.group(1):
+        need = f"needs {int(match.group(1)) / 2**30:.3g} GiB"
+    elif match:
+        need = f"needs {match.group(2)} {match.group(3)} more"
+    else:
+        need = "needs more memory than there is"
+    return PhysgenError(
+        f"out of memory: one allocation {need}; use fewer samples or data points, or a "
+        "smaller batch size"
+    )
+
+
+class WriteError(PhysgenError, OSError):
+    """An output could not be written (read-only or full file system, no permission); the
+    message names the target file, never a temporary name."""

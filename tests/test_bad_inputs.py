@@ -110,6 +110,18 @@ def _workspace(root: Path) -> None:
     taken.mkdir(parents=True)
     (taken / "checkpoint.safetensors").write_bytes(ck.read_bytes())
     (root / "taken.h5").write_bytes(b"precious results")
+    # issue 17: outputs beside the run file, run directories without a checkpoint, a bench's
+    # checkpoint folder of another run, hand-edited metadata, a 3-D dataset for a 2-D teacher
+    (root / "fig.png").write_bytes(b"a figure")
+    for run, name in (("nockpt", "train.h5"), ("noplot", "loss.png")):
+        (root / "runs" / run).mkdir()
+        (root / "runs" / run / name).write_bytes(b"precious")
+    (root / "results" / "checkpoints").mkdir(parents=True)
+    (root / "results" / "checkpoints" / "mine.safetensors").write_bytes(b"a user's model")
+    with_meta("stepabc.safetensors", step="abc")
+    with_meta("noparams.safetensors", optimizer={"state_scalars": {}})
+    with_meta("badshape.safetensors", dataset={**raw.meta["dataset"], "event_shape": "2"})
+    _npy(root / "three.npy", np.ones((64, 3)))
 
 
 #: (id, command line, extra environment, phrase the one line must contain)
@@ -197,7 +209,8 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, str], str]] = [
      "taken.h5 already exists"),
     ("--out not .h5", (*SAMPLE, "--out", "x.txt"), {}, "--out must end in .h5 or .hdf5"),
     ("--out inside a file", (*SAMPLE, "--out", "afile/x.h5"), {}, "afile is not a directory"),
-    ("run dir under a file", (*TRAIN, *TINY, "--out", "afile/run"), {}, "Not a directory"),
+    ("run dir under a file", (*TRAIN, *TINY, "--out", "afile/run"), {},
+     "cannot write afile/run: afile is not a directory"),
     ("run dir is a file", (*TRAIN, "--out", "afile"), {}, "Directory 'afile' is a file"),
     ("--resume without checkpoint", (*TRAIN, "--resume", "--out", "nowhere"), {},
      "--resume: no checkpoint in nowhere"),
@@ -218,6 +231,29 @@ CASES: list[tuple[str, tuple[str, ...], dict[str, str], str]] = [
     ("env flag not a bool", TRAIN, {"PHYSGEN_TRAIN_RESUME": "maybe"}, "'maybe' is not a valid"),
     ("env unknown sampler", SAMPLE, {"PHYSGEN_SAMPLE_SAMPLER": "nope"},
      "unknown sampler 'nope'"),
+    # -- issue 17: outputs declared up front, hostile metadata, allocation, devices
+    ("PNG beside --out exists", (*SAMPLE, "--out", "fig.h5"), {}, "fig.png already exists"),
+    ("run dir with train.h5, no checkpoint", (*TRAIN, "--out", "runs/nockpt"), {},
+     "train.h5 already exists"),
+    ("run dir with loss.png, no checkpoint", (*TRAIN, "--out", "runs/noplot"), {},
+     "loss.png already exists"),
+    ("new bench file, old checkpoints", ("bench", "--out", "results.h5", "-q"), {},
+     "checkpoints already exists"),
+    ("same, with --no-resume", ("bench", "--out", "results.h5", "--no-resume", "-q"), {},
+     "checkpoints already exists"),
+    ("--device meta", (*SAMPLE, "--device", "meta"), {}, "device 'meta' is not supported"),
+    ("metadata step 'abc'", ("sample", "stepabc.safetensors"), {},
+     "metadata step must be an integer"),
+    ("optimizer without param_groups", ("sample", "noparams.safetensors"), {},
+     "optimizer.param_groups is missing"),
+    ("event_shape not a list", ("sample", "badshape.safetensors"), {},
+     "metadata dataset.event_shape must be a list"),
+    ("cd teacher of another shape", (*TRAIN, "-p", "cd", "--teacher", "tiny.safetensors",
+     "--dataset", "three.npy"), {}, "was trained on data of shape (2,)"),
+    ("--n-data 1e12", (*TRAIN, "--n-data", "1000000000000", "--out", "runs/huge"), {},
+     "out of memory: one allocation needs"),
+    ("--batch-size 1e10", (*TRAIN, "--batch-size", "10000000000", "--out", "runs/big"), {},
+     "out of memory: one allocation needs"),
     ("plugin disabled by env", (*TRAIN, "-p", "edm"), {"PHYSGEN_DISABLE_PLUGINS": "diffusion"},
      "unknown process 'edm'"),
 ]  # fmt: skip

@@ -18,10 +18,10 @@ agree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from physgen.bench import store
 from physgen.bench.suite import ProcessSpec, Suite
 from physgen.errors import CheckpointError, ConfigError, DataError, TrainingError
+from physgen.io.outputs import check_outputs, check_writable, lock_output
 
 __all__ = ["BenchRun", "run_bench", "steps_for_budget"]
 
@@ -124,12 +125,59 @@ def run_bench(
     """Run ``suite`` into the HDF5 file ``out`` (layout: :mod:`physgen.bench.store`).
 
     An existing ``out`` made by the same suite is resumed (``resume=True``): its complete cells
-    are kept and skipped. ``overwrite=True`` starts over (and deletes its checkpoints).
+    are kept and skipped. ``overwrite=True`` starts over (deleting the checkpoints an earlier
+    bench run recorded writing, nothing else). A new run refuses any output that exists
+    (:func:`outputs`) unless ``overwrite``; ``out`` is locked while the run lasts.
     """
-    start = time.perf_counter()
     out, device = Path(out), torch.device(device)
     if out.suffix not in (".h5", ".hdf5"):
         raise ConfigError(f"--out must end in .h5 or .hdf5, got {out.name}")
+    with lock_output(out, command or "physgen.bench.run_bench"):
+        return _run_locked(suite, out, device, progress, overwrite, resume, command, echo)
+
+
+def outputs(suite: Suite, out: Path) -> list[Path]:
+    """Every file and directory a bench run into ``out`` writes: the run file, the checkpoint
+    directory, the table and the plots of :func:`physgen.bench.report`."""
+    side = side_dir(out)
+    files = [out, side / "checkpoints", side / "table.md"]
+    for spec in suite.datasets:
+        label = label_of(spec)
+        files += [side / f"quality-{label}-{m}.png" for m in suite.metrics]
+        files += [side / f"samples-{label}.png", side / f"loss-{label}.png"]
+    return files
+
+
+#: the names of the files a bench run wrote into its checkpoint directory, one per line: an
+#: ``--overwrite`` removes these and nothing else
+MANIFEST = ".physgen-bench-written"
+
+
+def _record(ckpt_dir: Path, path: Path) -> None:
+    """Note ``path`` (in ``ckpt_dir``) as written by the bench before writing it."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with open(ckpt_dir / MANIFEST, "a") as f:
+        f.write(path.name + "\n")
+
+
+def _remove_written(ckpt_dir: Path) -> None:
+    """Delete the files a previous bench run recorded in the manifest (only those)."""
+    manifest = ckpt_dir / MANIFEST
+    if not manifest.is_file():
+        return
+    for name in set(manifest.read_text().split("\n")):
+        if name and "/" not in name and name not in (".", ".."):
+            (ckpt_dir / name).unlink(missing_ok=True)
+    manifest.unlink()
+    with contextlib.suppress(OSError):
+        ckpt_dir.rmdir()  # only when empty: anything else in it stays
+
+
+def _run_locked(
+    suite: Suite, out: Path, device: torch.device, progress: bool, overwrite: bool,
+    resume: bool, command: str | None, echo: Callable[[str], None],
+) -> BenchRun:  # fmt: skip
+    start = time.perf_counter()
     ckpt_dir = side_dir(out) / "checkpoints"
     config = suite.to_dict()
     fresh = overwrite or not out.exists()
@@ -139,8 +187,13 @@ def run_bench(
                 f"{out} exists (re-run without --no-resume to resume it, or --overwrite)"
             )
         store.check_same_suite(out, config)
+    # A new run refuses every output that exists (the checkpoints of another run included);
+    # a resumed one writes only its own files. Either way, all must be writable.
+    check_outputs(outputs(suite, out) if fresh else [], overwrite=overwrite)
+    for path in outputs(suite, out):
+        check_writable(path / "x" if path == ckpt_dir else path)
     if fresh:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # checkpoints of another suite
+        _remove_written(ckpt_dir)  # what an earlier bench wrote here, nothing else
         cmd = command if command is not None else "physgen.bench.run_bench"
         store.create(out, config, seed=suite.seeds[0], device=str(device), command=cmd,
                      overwrite=overwrite)  # fmt: skip
@@ -253,6 +306,8 @@ class _Runner:
                           **self.suite.network_config)  # fmt: skip
         b = self.suite.train
         resumed = ckpt.is_file()
+        if not resumed:
+            _record(self.ckpt_dir, ckpt)
         start = int(read_checkpoint_meta(ckpt).get("step", 0)) if resumed else 0
         try:
             res = train(
@@ -292,6 +347,7 @@ class _Runner:
 
         path = self.ckpt_dir / f"{run}.{self.tag}.pairs.npz"
         if not path.is_file():
+            _record(self.ckpt_dir, path)
             reflow_dataset(teacher, self.suite.n_data, seed=seed + PAIRS_SEED_OFFSET, out_path=path,
                            device=self.device)  # fmt: skip
         return path

@@ -10,7 +10,7 @@ A suite file (every key optional; these are the built-in defaults)::
     seeds = [0]                          # one trained model per (dataset, process, seed)
     n_data = 20000                       # training examples drawn from a built-in dataset
     n_samples = 1000                     # samples per cell, and fresh reference examples
-    metrics = ["sliced_w2", "mmd"]       # registered metric names
+    metrics = ["sliced_w2", "mmd2_unbiased"]  # registered metric names
 
     [train]                              # one budget for every process (physgen.TrainConfig)
     steps = 1500
@@ -61,7 +61,7 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["BUDGET", "DEFAULT_METRICS", "ProcessSpec", "Suite", "load_suite", "parse_suite"]
 
 #: Metrics of the built-in suite (those installed); a suite file lists its own.
-DEFAULT_METRICS = ("sliced_w2", "mmd")
+DEFAULT_METRICS = ("sliced_w2", "mmd2_unbiased")
 #: Sampler preference for a process without a list: the first two it can serve.
 PREFERRED_SAMPLERS = ("dpmpp_2m", "heun", "consistency", "ancestral", "euler")
 #: The sampler a process's own paper uses, run besides the shared ones so that the table shows

@@ -55,6 +55,13 @@ class LazyGroup(click.Group):
                 raise
             what = err.strerror or str(err) or type(err).__name__
             raise UserError(f"{what}: {err.filename}" if err.filename else what) from None
+        except (MemoryError, RuntimeError) as err:  # --n-data 1e12: "needs N GiB", one line
+            from physgen.errors import allocation_error
+
+            mapped = allocation_error(err)
+            if mapped is None or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            raise UserError(str(mapped)) from None
         except ValueError as err:  # os.* refuse a path with a NUL byte before any I/O
             if "null byte" not in str(err) or (ctx.obj and ctx.obj.get("debug")):
                 raise

@@ -32,6 +32,8 @@ def resolve_device(device: str) -> Any:
         dev = torch.device(device)
     except RuntimeError:
         raise ConfigError(f"unknown device {device!r} (try cpu, cuda, cuda:1 or auto)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: no data, or not supported
+        raise ConfigError(f"device {device!r} is not supported (try cpu, cuda, cuda:1 or auto)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():

@@ -53,17 +53,17 @@ def plot_image_grid(
     high: float = 1.0,
     overwrite: bool = True,
 ) -> Path:
-    """Images ``[n, C, H, W]`` (C = 1 or 3, values in ``[low, high]``, clipped) tiled into one
-    PNG grid with a 1-pixel gap, small images enlarged (nearest) to ≥ 32 pixels a side.
-    Written atomically."""
+    """Images ``[n, C, H, W]`` (values in ``[low, high]``, clipped) tiled into one PNG grid
+    with a 1-pixel gap, small images enlarged (nearest) to ≥ 32 pixels a side. C = 1 (gray),
+    2 (gray + alpha), 3 (RGB) or 4 (RGBA); alpha is composited over white. Written
+    atomically."""
     plt = _figure()
-    n, c, h, w = images.shape
-    if c not in (1, 3):
-        raise ValueError(f"image grid needs 1 or 3 channels, got {c}")
+    images = _rgb(np.clip((images - low) / (high - low), 0, 1))
+    n, _, h, w = images.shape
     cols = ncols or max(1, int(np.ceil(np.sqrt(n))))
     rows = int(np.ceil(n / cols))
     grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, 3))
-    tiles = np.clip((images - low) / (high - low), 0, 1).transpose(0, 2, 3, 1)
+    tiles = images.transpose(0, 2, 3, 1)
     for i, tile in enumerate(tiles):
         r, q = divmod(i, cols)
         grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = tile
@@ -72,6 +72,20 @@ def plot_image_grid(
     with atomic_path(path, overwrite=overwrite) as tmp:
         plt.imsave(tmp, grid, format="png")
     return Path(path)
+
+
+def _rgb(images: np.ndarray) -> np.ndarray:
+    """``[n, C, H, W]`` in [0, 1] as gray or RGB: an alpha channel (C = 2 or 4) is
+    composited over a white background."""
+    c = images.shape[1]
+    if c not in (1, 2, 3, 4):
+        from physgen.errors import DataError
+
+        raise DataError(f"image grid needs 1 to 4 channels (gray, LA, RGB, RGBA), got {c}")
+    if c in (2, 4):
+        alpha = images[:, -1:]
+        images = images[:, :-1] * alpha + (1.0 - alpha)
+    return images
 
 
 def plot_curves(

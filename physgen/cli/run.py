@@ -12,30 +12,19 @@ import torch
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.cli.plots import plot_curves, plot_image_grid, plot_samples
 from physgen.data import load_dataset
-from physgen.io import RunWriter, read_checkpoint_meta
+from physgen.io import RunWriter, add_metrics, read_checkpoint_meta
+from physgen.io.outputs import check_writable, claim_outputs
 
 
 def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
     """``physgen train``: ``run`` is a :class:`physgen.cli.train.TrainRun`, ``cfg`` the
-    loop's :class:`physgen.training.TrainConfig`."""
-    from physgen.cli._common import (
-        check_new,
-        command_line,
-        option_params,
-        parse_pairs,
-        resolve_device,
-    )
+    loop's :class:`physgen.training.TrainConfig`. Every file the run writes is checked, and the
+    run directory locked, before any work: a fresh run refuses an existing checkpoint, run
+    file, loss plot or pair file (unless ``--overwrite``); a resumed run replaces only its own
+    run file and plot."""
+    from physgen.cli._common import command_line
     from physgen.errors import ConfigError
-    from physgen.training import TrainingInterrupted, describe, train
-    from physgen.training.distributed import init_distributed
-    from physgen.training.latent import resolve_latent
 
-    # Validate everything cheap before any work: names, options, files, data.
-    process_options = parse_pairs(run.process_options, "--option")
-    if run.teacher is not None:
-        process_options["teacher"] = run.teacher
-    if run.reflow_from is not None and "pairs" in process_options:
-        raise ConfigError("--reflow-from writes the pair file itself; drop -o pairs=...")
     source = Path(run.reflow_from).parent.name if run.reflow_from else Path(run.dataset).stem
     out_dir = Path(run.out or f"runs/{run.process}-{source}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -43,8 +32,30 @@ def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
     checkpoint = out_dir / "checkpoint.safetensors"
     if run.resume and not checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint in {out_dir}")
-    if not run.resume:
-        check_new(checkpoint, run.overwrite)
+    names = ["checkpoint.safetensors", "train.h5", "loss.png"]
+    if run.reflow_from is not None:
+        names.append("reflow_pairs.npz")
+    outputs = [out_dir / name for name in names]
+    claimed = [] if run.resume else outputs
+    with claim_outputs(out_dir, claimed, overwrite=run.overwrite, command=command_line()):
+        for path in outputs:  # a resumed run must be able to write them too
+            check_writable(path)
+        _run_train(run, cfg, ctx, out_dir, checkpoint)
+
+
+def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint: Path) -> None:
+    from physgen.cli._common import command_line, option_params, parse_pairs, resolve_device
+    from physgen.errors import ConfigError
+    from physgen.training import TrainingInterrupted, describe, train
+    from physgen.training.distributed import init_distributed
+    from physgen.training.latent import resolve_latent
+
+    # Validate everything cheap before any work: names, options, data.
+    process_options = parse_pairs(run.process_options, "--option")
+    if run.teacher is not None:
+        process_options["teacher"] = run.teacher
+    if run.reflow_from is not None and "pairs" in process_options:
+        raise ConfigError("--reflow-from writes the pair file itself; drop -o pairs=...")
     device = resolve_device(run.device)
     seed, dataset, n_data = cfg.seed, run.dataset, run.n_data
     data_options = parse_pairs(run.data_options, "--data-opt")
@@ -56,6 +67,7 @@ def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
         dataset = str(pairs)
         process = get_process(run.process, **{**process_options, "pairs": dataset})
     data = load_dataset(dataset, n_data, seed=seed, **data_options)
+    _check_teacher_shape(process, data)
     info, device = init_distributed(device)  # torchrun: join the job, one device per rank
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
     conditional = run.class_cond or cfg.label_dropout > 0
@@ -111,6 +123,21 @@ def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
     )
 
 
+def _check_teacher_shape(process: Any, data: Any) -> None:
+    """A distillation teacher must have been trained on data of this run's shape."""
+    from physgen.errors import ConfigError
+
+    teacher = process.options_dict().get("teacher")
+    if not isinstance(teacher, str) or not teacher.endswith(".safetensors"):
+        return
+    shape = read_checkpoint_meta(teacher).get("dataset", {}).get("event_shape")
+    if shape is not None and tuple(shape) != tuple(data.event_shape):
+        raise ConfigError(
+            f"--teacher {teacher} was trained on data of shape {tuple(shape)}, this run's "
+            f"dataset {data.name!r} has shape {tuple(data.event_shape)}"
+        )
+
+
 def _reflow_pairs(
     process: Any, out_dir: Path, teacher: str, n: int, sampler: str, *, resume: bool, seed: int,
     device: torch.device,
@@ -160,9 +187,7 @@ def run_sample(
     class_label: int | None = None,
     clip_denoised: float = 0.0,
 ) -> None:
-    from physgen.cli._common import check_new
-    from physgen.registry import get_registry
-    from physgen.sampling import resolve_sampler, sample
+    from physgen.sampling import resolve_sampler
 
     ckpt = load_checkpoint(checkpoint, device=device)
     sampler = sampler or ckpt.process.default_sampler
@@ -173,7 +198,32 @@ def run_sample(
     if out_path is None:
         name = f"samples-{sampler}.h5" if spec.adaptive else f"samples-{sampler}-{steps}.h5"
         out_path = checkpoint.parent / name
-        check_new(out_path, overwrite)
+    outputs = [out_path, out_path.with_suffix(".png")]
+    with claim_outputs(out_path, outputs, overwrite=overwrite, command=command):
+        _draw(
+            ckpt, spec, options, grid_text, checkpoint=checkpoint, out_path=out_path,
+            sampler=sampler, steps=steps, n=n, schedule=schedule,
+            schedule_options=schedule_options, batch_size=batch_size, metrics=metrics,
+            nll=nll, seed=seed, device=device, progress=progress, overwrite=overwrite,
+            straightness=straightness, config=config, command=command, guidance=guidance,
+            guidance_interval=guidance_interval, class_label=class_label,
+            clip_denoised=clip_denoised,
+        )  # fmt: skip
+
+
+def _draw(
+    ckpt: Any, spec: Any, options: dict[str, Any], grid_text: str, *, checkpoint: Path,
+    out_path: Path, sampler: str, steps: int, n: int, schedule: str | None,
+    schedule_options: dict[str, str] | None, batch_size: int, metrics: bool, nll: int,
+    seed: int, device: torch.device, progress: bool, overwrite: bool, straightness: int,
+    config: dict[str, Any], command: str, guidance: float,
+    guidance_interval: tuple[float, float] | None, class_label: int | None,
+    clip_denoised: float,
+) -> None:  # fmt: skip
+    """Sample, then publish in an order that loses nothing: the plot (validated, cheap) and
+    the samples are written before the metrics run; metrics are added to the file last."""
+    from physgen.sampling import sample
+
     cond = _sample_labels(ckpt, n, guidance, class_label)
     with click.progressbar(
         length=n, label=f"sampling ({sampler}, {grid_text})", hidden=not progress, file=None
@@ -200,32 +250,23 @@ def run_sample(
     x = result.x.float().cpu()
     if ckpt.latent is not None:  # latent mode: decode to data space
         x = _decode(ckpt.latent, result.x, batch_size).float().cpu()
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
-        click.echo(f"warning: {bad} of {n} samples are not finite", err=True)
-    scores: dict[str, float] = {}
-    reference = None
-    if metrics:
-        reference = _reference(ckpt.meta, n, seed)
-        if reference is not None:
-            reg = get_registry()
-            gen = torch.Generator().manual_seed(seed)
-            for name in ("sliced_w2", "mmd"):
-                fn = reg.metric(name).fn
-                scores[name] = float(fn(x, reference, generator=gen))
-            prior = ckpt.process.view(spec.view, ckpt.ema).prior(
-                (n, *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
-            )
-            if ckpt.latent is not None:
-                prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
-            scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
-    if nll:
-        scores.update(_nll(ckpt, nll, seed, device))
-    if straightness and "ode" in ckpt.process.views():
-        m = min(straightness, n)
-        labels = None if cond is None else cond[:m]
-        scores["straightness"] = _straightness(
-            ckpt, m, seed, device, labels, guidance, guidance_interval
+    finite = torch.isfinite(x.flatten(1)).all(1)
+    bad = int((~finite).sum())
+    if bad:
+        click.echo(f"warning: {bad} of {n} samples are not finite; left out of plot and metrics")
+    xf = x[finite]
+    m = min(len(xf), METRICS_MAX_N)  # metrics on a bounded subset (first m), recorded
+    reference = _reference(ckpt.meta, m, seed) if metrics and m > 1 else None
+    png = out_path.with_suffix(".png")
+    if x.ndim == 4:  # images: a grid of the first 64 finite ones
+        plot_image_grid(png, xf[:64].numpy(), overwrite=overwrite)
+    else:
+        plot_samples(
+            png,
+            xf.numpy(),
+            reference=None if reference is None else reference.numpy(),
+            title=f"{ckpt.process_name} · {sampler} · {grid_text} · NFE {result.nfe}",
+            overwrite=overwrite,
         )
     with RunWriter(
         out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
@@ -240,23 +281,52 @@ def run_sample(
             seed=seed,
             wall_seconds=result.wall_seconds,
             checkpoint=str(checkpoint),
+            nonfinite=bad,
         )
-        for name, value in scores.items():
-            run.add_metric(name, value)
-    png = out_path.with_suffix(".png")
-    if x.ndim == 4:  # images: a grid of the first 64
-        plot_image_grid(png, x[:64].numpy())
-    else:
-        plot_samples(
-            png,
-            x.numpy(),
-            reference=None if reference is None else reference.numpy(),
-            title=f"{ckpt.process_name} · {sampler} · {grid_text} · NFE {result.nfe}",
+    scores: dict[str, float] = {}
+    if reference is not None:
+        scores.update(_set_metrics(ckpt, spec, xf[:m], reference, seed, device, batch_size))
+    if nll:
+        scores.update(_nll(ckpt, nll, seed, device))
+    if straightness and "ode" in ckpt.process.views():
+        k = min(straightness, n)
+        labels = None if cond is None else cond[:k]
+        scores["straightness"] = _straightness(
+            ckpt, k, seed, device, labels, guidance, guidance_interval
         )
+    if scores:
+        add_metrics(out_path, {**scores, "metrics_n": m} if reference is not None else scores)
     line = f"{n} samples, {sampler}, {grid_text}, NFE {result.nfe}, {result.wall_seconds:.2f} s"
     if scores:
         line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    if reference is not None and m < n:
+        line += f" (metrics on the first {m} finite samples)"
     click.echo(f"{line}\nrun file: {out_path}\nplot:     {png}")
+
+
+#: the sample-set metrics of ``physgen sample`` use at most this many samples (the first ones):
+#: MMD is quadratic in time, so a bound keeps every run's metrics in seconds and bounded memory
+METRICS_MAX_N = 10_000
+
+
+def _set_metrics(
+    ckpt: Any, spec: Any, x: torch.Tensor, reference: torch.Tensor, seed: int,
+    device: torch.device, batch_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """Sliced W2 and MMD² of ``x`` against ``reference``, and the prior's sliced W2."""
+    from physgen.registry import get_registry
+
+    reg = get_registry()
+    gen = torch.Generator().manual_seed(seed)
+    scores = {name: float(reg.metric(name).fn(x, reference, generator=gen))
+              for name in ("sliced_w2", "mmd2_unbiased")}  # fmt: skip
+    prior = ckpt.process.view(spec.view, ckpt.ema).prior(
+        (len(x), *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
+    )
+    if ckpt.latent is not None:
+        prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
+    scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
+    return scores
 
 
 def _sample_labels(

@@ -213,11 +213,13 @@ def load_dataset(spec: str, n: int, *, seed: int = 0, **options: Any) -> Dataset
     a directory by :func:`physgen.data.images.load_folder` (PNG/JPEG, option ``flip``).
     Anything else is a one-line :class:`ConfigError` listing both.
     """
+    from physgen.core.validate import check_int, check_path
     from physgen.registry import get_registry
 
     _check_n(n)
+    check_int("seed", seed, min=0)
     registry = get_registry()
-    spec = str(spec)
+    spec = str(check_path("spec", spec))
     if spec in registry.names("datasets") or spec in registry.conflicts("datasets"):
         loader = registry.dataset(spec).loader
         options = _check_options(f"dataset {spec!r}", loader, options)

@@ -325,7 +325,10 @@ def _dataset(
 ) -> Dataset:
     """The validated :class:`Dataset` from the first rows ``x`` of the stored array of full
     ``shape`` and all stored ``labels`` (checked against every row; ``num_classes`` counts
-    them all, then they are cut to the rows kept)."""
+    them all, then they are cut to the rows kept). Big-endian arrays (any format) are
+    converted to native byte order first: torch holds native order only."""
+    x = _native(x)
+    labels = None if labels is None else _native(labels)
     scaled = x.dtype == np.uint8 and x.ndim == 4
     if scaled:  # 8-bit images [n, C, H, W]: 0…255 -> [-1, 1], as image folders are read
         x = x.astype(np.float32) / 127.5 - 1
@@ -338,3 +341,8 @@ def _dataset(
     if scaled:
         info["scale"] = "uint8 v/127.5 - 1"
     return Dataset(path.name, tensor, kept, classes, info)
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """``a`` in the machine's byte order (a copy only when it is not)."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))

@@ -19,7 +19,7 @@ from physgen.io.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from physgen.io.runs import RUN_FORMAT, RunFile, RunWriter, read_run
+from physgen.io.runs import RUN_FORMAT, RunFile, RunWriter, add_metrics, read_run
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -27,6 +27,7 @@ __all__ = [
     "RawCheckpoint",
     "RunFile",
     "RunWriter",
+    "add_metrics",
     "atomic_path",
     "atomic_write",
     "git_commit",

@@ -15,7 +15,8 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from physgen.errors import ConfigError
+from physgen.errors import ConfigError, PhysgenError
+from physgen.io.outputs import write_error
 
 __all__ = ["PendingFile", "atomic_path", "atomic_write", "exists_error", "remove_stale"]
 
@@ -112,14 +113,30 @@ def exists_error(path: Path) -> ConfigError:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit fsync it and rename it onto
-    ``path``. On any exception the temporary file is removed and ``path`` is untouched."""
-    pending = PendingFile(path, overwrite=overwrite)
+    ``path``. On any exception the temporary file is removed and ``path`` is untouched; a
+    failed write (read-only or full file system) is a one-line
+    :class:`~physgen.errors.WriteError` naming ``path``, not the temporary name."""
+    try:
+        pending = PendingFile(path, overwrite=overwrite)
+    except OSError as err:
+        raise write_error(path, err) from None
     try:
         yield pending.tmp
+    except PhysgenError:
+        pending.discard()
+        raise
+    except OSError as err:
+        pending.discard()
+        raise write_error(path, err) from None
     except BaseException:
         pending.discard()
         raise
-    pending.commit()
+    try:
+        pending.commit()
+    except PhysgenError:
+        raise
+    except OSError as err:
+        raise write_error(path, err) from None
 
 
 def atomic_write(

@@ -120,7 +120,12 @@ def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[s
 
 
 def _write_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
-    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    try:
+        safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as err:  # its I/O failures are not OSErrors
+        text = str(err).replace(str(path), "").replace(path.name, "")
+        reason = text.split('message: "')[-1].split('"')[0] if 'message: "' in text else text
+        raise OSError(reason.strip() or "write failed") from None
 
 
 def save_checkpoint(
@@ -234,7 +239,56 @@ def _physgen_meta(path: Path, header: dict[str, Any]) -> dict[str, Any]:
             f"{path}: checkpoint format {version!r} is not supported "
             f"(this physgen reads format {CHECKPOINT_FORMAT})"
         )
+    _check_meta(path, meta)
     return meta
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_shape(v: Any) -> bool:
+    return isinstance(v, list) and all(type(d) is int and d > 0 for d in v)
+
+
+#: the type of every metadata field physgen reads: (key path, test, what it must be). A
+#: hand-edited or foreign checkpoint fails here with one line, not deep inside a loader.
+_META_SCHEMA: list[tuple[tuple[str, ...], Any, str]] = [
+    (("step",), _is_count, "an integer ≥ 0"),
+    (("process",), lambda v: isinstance(v, dict), "a table"),
+    (("process", "name"), lambda v: isinstance(v, str), "a string"),
+    (("process", "options"), lambda v: isinstance(v, dict), "a table"),
+    (("network",), lambda v: isinstance(v, dict), "a table"),
+    (("network", "name"), lambda v: isinstance(v, str), "a string"),
+    (("network", "config"), lambda v: isinstance(v, dict), "a table"),
+    (("network", "num_classes"), _is_count, "an integer ≥ 0"),
+    (("dataset",), lambda v: isinstance(v, dict), "a table"),
+    (("dataset", "event_shape"), _is_shape, "a list of positive integers"),
+    (("train",), lambda v: isinstance(v, dict), "a table"),
+    (("optimizer",), lambda v: v is None or isinstance(v, dict), "a table or null"),
+    (
+        ("optimizer", "param_groups"),
+        lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v),
+        "a list of tables",
+    ),
+    (("optimizer", "state_scalars"), lambda v: isinstance(v, dict), "a table"),
+]
+_MISSING = object()
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Every field of :data:`_META_SCHEMA` that is present has its type (a parent that is not
+    a table was refused first); an optimizer table has its param_groups."""
+    for keys, ok, what in _META_SCHEMA:
+        value: Any = meta
+        for key in keys:
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is not _MISSING and not ok(value):
+            shown = json.dumps(value)[:40]
+            raise CheckpointError(f"{path}: metadata {'.'.join(keys)} must be {what}, got {shown}")
+    optimizer = meta.get("optimizer")
+    if isinstance(optimizer, dict) and "param_groups" not in optimizer:
+        raise CheckpointError(f"{path}: metadata optimizer.param_groups is missing")
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -287,12 +341,14 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, raw: RawCheckpoint) -> N
         raise CheckpointError(f"{raw.path}: checkpoint holds no optimizer state")
     state: dict[int | str, dict[str, Any]] = {}
     groups = [dict(g) for g in info["param_groups"]]
-    entries = list(raw.optim.items()) + list(info["state_scalars"].items())
+    entries = list(raw.optim.items()) + list(info.get("state_scalars", {}).items())
     for key, value in entries:
-        kind, index, name = key.split(".", 2)
+        kind, index, name = ([*key.split(".", 2), "", ""])[:3]
+        if kind not in ("state", "group") or not index.isdigit() or not name:
+            raise CheckpointError(f"{raw.path}: odd optimizer state key {key!r}")
         if kind == "state":
             state.setdefault(_key(index), {})[name] = value
-        elif kind == "group" and int(index) < len(groups):
+        elif int(index) < len(groups):
             groups[int(index)][name] = value
     for group, current in zip(groups, optimizer.param_groups, strict=False):
         for name, value in group.items():  # JSON turned tuples (Adam's betas) into lists
@@ -300,7 +356,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, raw: RawCheckpoint) -> N
                 group[name] = tuple(value)
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as err:
+    except (ValueError, KeyError, RuntimeError, TypeError, IndexError) as err:
         raise CheckpointError(
             f"{raw.path}: optimizer state does not fit ({first_line(err)})"
         ) from None

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from physgen.errors import CheckpointError, ConfigError
+from physgen.errors import CheckpointError, ConfigError, PhysgenError
 from physgen.io._common import decode_attr, first_line, git_commit, now, physgen_version
 from physgen.io.atomic import PendingFile, exists_error
+from physgen.io.outputs import write_error
 
-__all__ = ["RUN_FORMAT", "RunFile", "RunWriter", "read_run"]
+__all__ = ["RUN_FORMAT", "RunFile", "RunWriter", "add_metrics", "read_run"]
 
 #: Version of the run-file layout (root attribute ``physgen_run_format``).
 RUN_FORMAT = 1
@@ -40,8 +41,9 @@ RUN_FORMAT = 1
 
 def _attr(value: Any) -> Any:
     """A value HDF5 can hold as an attribute: dicts (and None) become JSON strings."""
-    if isinstance(value, str):
-        return str(value)  # str subclasses (torch.__version__) have no HDF5 type
+    if isinstance(value, str):  # str subclasses (torch.__version__) have no HDF5 type; a
+        # path's undecodable bytes (surrogate escapes) are stored as visible \\udcXX text
+        return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, Tensor):
         value = value.detach().cpu().numpy()
     if value is None or isinstance(value, Mapping):
@@ -77,8 +79,11 @@ class RunWriter:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise exists_error(self.path)
-        self._pending = PendingFile(self.path, overwrite=overwrite)
-        self._file: h5py.File | None = h5py.File(self._pending.tmp, "w")
+        try:
+            self._pending = PendingFile(self.path, overwrite=overwrite)
+            self._file: h5py.File | None = h5py.File(self._pending.tmp, "w")
+        except OSError as err:
+            raise write_error(self.path, err) from None
         try:
             self._init_root(config or {}, seed, device, command)
         except BaseException:
@@ -153,10 +158,16 @@ class RunWriter:
         """Stamp the end time, close and publish the file; returns its path."""
         if self._file is None:
             return self.path
-        self.set_attrs(end_time=now())
-        self._file.close()
-        self._file = None
-        return self._pending.commit()
+        try:
+            self.set_attrs(end_time=now())
+            self._file.close()
+            self._file = None
+            return self._pending.commit()
+        except PhysgenError:
+            raise
+        except (OSError, RuntimeError) as err:  # h5py's flush on a full disk, a failed rename
+            self.abort()
+            raise write_error(self.path, err) from None
 
     def abort(self) -> None:
         """Close and delete the temporary file; nothing appears under the final name."""
@@ -172,8 +183,28 @@ class RunWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self.abort()
+            return
+        self.abort()
+        if issubclass(exc_type, OSError) and not issubclass(exc_type, PhysgenError):
+            raise write_error(self.path, exc) from None  # h5py on a full disk
+
+
+def add_metrics(path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> Path:
+    """Add scalar ``metrics`` to the published run file ``path``: copied aside, extended and
+    renamed back atomically, so that a failure leaves the file as it was."""
+    import shutil
+
+    from physgen.io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            group = f.require_group("metrics")
+            for name, value in metrics.items():
+                _check_name(name, "metric")
+                group.attrs[name] = _attr(value)
+    return path
 
 
 @dataclass(frozen=True)
@@ -208,7 +239,9 @@ def _read_run(f: h5py.File, path: Path) -> RunFile:
 def read_run(path: str | os.PathLike[str]) -> RunFile:
     """Read a run file written by :class:`RunWriter`; one-line :class:`CheckpointError` if it
     is missing, not HDF5, not a physgen run, or corrupt."""
-    path = Path(path)
+    from physgen.core.validate import check_path
+
+    path = Path(check_path("path", path))
     if not path.is_file():
         raise CheckpointError(f"run file not found: {path}")
     if not h5py.is_hdf5(path):

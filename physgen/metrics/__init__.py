@@ -8,8 +8,9 @@ registered in :data:`METRICS` (handed to the ``physgen_metrics`` hook by the bui
 name                    what                                                   better
 ======================  =====================================================  ==========
 ``sliced_w2``           sliced Wasserstein-2 (:mod:`.transport`)               lower
-``w2``                  exact squared Wasserstein-2, equal sizes (POT)         lower
-``mmd``                 unbiased MMD², Gaussian kernel, median bandwidth        lower
+``w2``                  exact Wasserstein-2 (not squared), equal sizes (POT)   lower
+``mmd2_unbiased``       unbiased MMD², Gaussian kernel, median bandwidth;      lower
+                        an estimate of a square: can be slightly negative
 ``fd``                  Fréchet distance of Gaussian fits (FID on Inception)   lower
 ``kid``                 KID: unbiased MMD², cubic kernel, 100 subsets          lower
 ``precision``           k-NN precision, k = 3 (:mod:`.knn`)                    higher
@@ -62,8 +63,10 @@ METRICS = [
     MetricEntry(
         "sliced_w2", sliced_w2, "sliced Wasserstein-2 over 256 random projections (seeded)"
     ),
-    MetricEntry("w2", w2, "exact squared Wasserstein-2 (POT network simplex), equal set sizes"),
-    MetricEntry("mmd", mmd_rbf, "squared MMD, Gaussian kernel, median bandwidth (unbiased)"),
+    MetricEntry("w2", w2, "exact Wasserstein-2, not squared (POT network simplex), equal sizes"),
+    MetricEntry(
+        "mmd2_unbiased", mmd_rbf, "unbiased MMD², Gaussian kernel, median bandwidth (can be < 0)"
+    ),
     MetricEntry("fd", fd, "Fréchet distance of Gaussian fits in the feature space (FID)"),
     MetricEntry("kid", kid, "KID: unbiased MMD², cubic polynomial kernel, 100 subsets (seeded)"),
     MetricEntry("precision", precision, "k-NN precision (Kynkäänniemi et al. 2019, k=3)", False),

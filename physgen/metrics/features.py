@@ -63,7 +63,11 @@ RAW = Features("raw", _identity)
 
 def embed(x: Tensor, y: Tensor, features: Features | None) -> tuple[Tensor, Tensor]:
     """Both sets as float64 ``[n, d]`` and ``[m, d]`` in the feature space (``None``: raw)."""
-    features = features or RAW
+    from physgen.core.validate import check_instance, check_tensor
+
+    check_tensor("samples", x, min_ndim=2)
+    check_tensor("reference", y, min_ndim=2)
+    features = check_instance("features", features or RAW, Features, "a metrics Features")
     fx, fy = features(x), features(y)
     if fx.shape[1] != fy.shape[1]:
         raise DataError(f"sets have {fx.shape[1]} and {fy.shape[1]} feature dims")

@@ -65,11 +65,12 @@ def w2(
     generator: torch.Generator | None = None,
     features: Features | None = None,
 ) -> float:
-    """Squared Wasserstein-2 distance ``W2² = min_π Σ_ij π_ij ‖x_i − y_j‖²`` between the
+    """Wasserstein-2 distance ``W2 = sqrt(min_π Σ_ij π_ij ‖x_i − y_j‖²)`` between the
     empirical measures of two sets of equal size ``n`` (Peyré & Cuturi 2019, eq. 2.11),
     solved exactly by POT's network simplex. With equal uniform weights an optimal plan is a
-    permutation (Birkhoff), so this is ``min_σ (1/n) Σ_i ‖x_i − y_σ(i)‖²``. Returned squared,
-    in the units of the Fréchet distance. Deterministic (``generator`` is unused)."""
+    permutation (Birkhoff), so ``W2² = min_σ (1/n) Σ_i ‖x_i − y_σ(i)‖²``. Returned as a
+    distance (not squared), in the units of the data like :func:`sliced_w2`. Deterministic
+    (``generator`` is unused)."""
     x, y = embed(x, y, features)
     n = x.shape[0]
     if y.shape[0] != n:
@@ -81,4 +82,4 @@ def w2(
     value, log = ot.emd2(weights, weights, cost, numItermax=max(100_000, 50 * n * n), log=True)
     if log["warning"] is not None:
         raise RuntimeError(f"w2: network simplex did not converge: {log['warning']}")
-    return float(value)
+    return float(np.sqrt(max(float(value), 0.0)))

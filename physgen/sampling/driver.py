@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from physgen.core import validate as _v
 from physgen.core.process import (
     Backbone,
     CountedFn,
@@ -134,6 +135,12 @@ def sample(
     clipping of Ho et al. 2020's and Nichol & Dhariwal 2021's samplers, images in [−1, 1]):
     denoiser and score samplers, and ode samplers of a Gaussian process (its PF-ODE).
     """
+    _v.check_instance("process", process, Process, "a physgen Process (physgen.get_process)")
+    _v.check_instance("net", net, nn.Module, "a torch.nn.Module (physgen.get_network)")
+    event_shape = _v.check_shape("event_shape", event_shape)
+    n, steps = _v.check_int("n", n), _v.check_int("steps", steps)
+    batch_size, seed = _v.check_int("batch_size", batch_size), _v.check_int("seed", seed, min=0)
+    sampler = _v.check_str("sampler", sampler)
     if n < 1:
         raise ConfigError(f"n must be ≥ 1, got {n}")
     if steps < 1:

@@ -156,6 +156,14 @@ def train(
     :class:`physgen.training.latent.LatentCodec`, or a module with ``encode``/``decode``)
     trains ``net`` on the encoded data.
     """
+    from physgen.core import validate as _v
+    from physgen.core.process import Process
+
+    _v.check_instance("process", process, Process, "a physgen Process (physgen.get_process)")
+    _v.check_instance("net", net, nn.Module, "a torch.nn.Module (physgen.get_network)")
+    if not isinstance(getattr(data, "x", None), torch.Tensor):
+        _v.check_instance("data", data, (), "a physgen Dataset (physgen.load_dataset)")
+    _v.check_tensor("data.x", data.x, min_ndim=2)
     # Options.
     cfg = config_from(TrainConfig, options, "train()", base=config)
     info = dist_info()
