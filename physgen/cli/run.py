@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def run_train(
     from physgen.training import describe, train
     from physgen.training.distributed import init_distributed
     from physgen.training.latent import resolve_latent
+
+    started = datetime.now(timezone.utc)  # the run file is written after the work
 
     # Validate everything cheap before any work: names, options, data.
     process = get_process(process_name, **process_options)
@@ -106,8 +109,9 @@ def run_train(
     if not info.is_main:  # rank 0 writes the run file and plots
         return
     with RunWriter(
-        run_path, config=config, seed=seed, device=device, command=command, overwrite=True
-    ) as run:
+        run_path, config=config, seed=seed, device=device, command=command, overwrite=True,
+        started=started,
+    ) as run:  # fmt: skip
         run.add_curve("loss", result.losses)
         run.add_metric("steps_per_second", result.steps / max(result.wall_seconds, 1e-9))
         run.add_metric("final_loss", float(result.losses[-100:].mean()))
@@ -179,6 +183,7 @@ def run_sample(
     from physgen.registry import get_registry
     from physgen.sampling import resolve_sampler, sample
 
+    started = datetime.now(timezone.utc)  # the run file is written after the work
     ckpt = load_checkpoint(checkpoint, device=device)
     spec = resolve_sampler(ckpt.process, sampler)  # fail before any work
     options = _sampler_options(spec, sampler, sampler_options)
@@ -230,8 +235,9 @@ def run_sample(
     if straightness and "ode" in ckpt.process.views():
         scores["straightness"] = _straightness(ckpt, min(straightness, n), seed, device)
     with RunWriter(
-        out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
-    ) as run:
+        out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite,
+        started=started,
+    ) as run:  # fmt: skip
         run.add_samples(
             "samples",
             x,

@@ -13,6 +13,7 @@ none) under the final name.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
@@ -51,6 +52,11 @@ def _attr(value: Any) -> Any:
     return value
 
 
+def _iso(when: dt.datetime) -> str:
+    """``when`` in UTC, ISO 8601 to the second (as ``end_time``); naive times are local."""
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _check_name(name: str, what: str) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"invalid {what} name {name!r}")
@@ -61,7 +67,9 @@ class RunWriter:
 
     Use as a context manager: an exception inside the ``with`` block discards the file, so an
     interrupted run leaves nothing under the final name. An existing ``path`` is refused
-    (:class:`ConfigError`) unless ``overwrite=True``.
+    (:class:`ConfigError`) unless ``overwrite=True``. The file is usually written after the
+    work, so pass the time the work began as ``started`` (default: now); ``end_time`` is
+    stamped on :meth:`close`.
     """
 
     def __init__(
@@ -73,8 +81,10 @@ class RunWriter:
         device: str | torch.device | None = None,
         command: str | None = None,
         overwrite: bool = False,
+        started: dt.datetime | None = None,
     ):
         self.path = Path(path)
+        self._started = now() if started is None else _iso(started)
         if self.path.exists() and not overwrite:
             raise exists_error(self.path)
         self._pending = PendingFile(self.path, overwrite=overwrite)
@@ -97,7 +107,7 @@ class RunWriter:
             "command": command if command is not None else shlex.join(sys.argv),
             "seed": seed,
             "device": None if device is None else str(device),
-            "start_time": now(),
+            "start_time": self._started,
         }
         self.set_attrs(**attrs)
         try:
