@@ -387,3 +387,23 @@ def test_cli_run_files_start_before_the_work_and_end_after(
     for name in ("train.h5", "s.h5"):
         attrs = read_run(out / name).attrs
         assert attrs["start_time"] < attrs["end_time"], (name, attrs)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Every atomic write (a checkpoint: safetensors creates 0600 files; a run file; a plain
+    writer) gets the mode a new file gets under the umask, like every other output."""
+    old = os.umask(umask)
+    try:
+        _save(tmp_path / "c.safetensors")
+        with RunWriter(tmp_path / "r.h5"):
+            pass
+        atomic_write(tmp_path / "t.txt", lambda p: p.write_text("x"))
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (os.stat(tmp_path / "plain").st_mode & 0o777) == expected
+    for name in ("c.safetensors", "r.h5", "t.txt"):
+        assert (os.stat(tmp_path / name).st_mode & 0o777) == expected, name
