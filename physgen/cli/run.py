@@ -187,6 +187,7 @@ def run_sample(
     ckpt = load_checkpoint(checkpoint, device=device)
     spec = resolve_sampler(ckpt.process, sampler)  # fail before any work
     options = _sampler_options(spec, sampler, sampler_options)
+    labels = _sample_labels(ckpt, n, guidance, class_label)
     with click.progressbar(
         length=n, label=f"sampling ({sampler}, {steps} steps)", hidden=not progress, file=None
     ) as bar:
@@ -204,7 +205,7 @@ def run_sample(
             on_batch=bar.update,
             schedule=schedule,
             schedule_options=schedule_options,
-            cond=_sample_labels(ckpt, n, guidance, class_label),
+            cond=labels,
             guidance=guidance,
             guidance_interval=guidance_interval,
         )
@@ -241,6 +242,7 @@ def run_sample(
         run.add_samples(
             "samples",
             x,
+            labels=labels,
             process=ckpt.process_name,
             sampler=sampler,
             steps=steps,
@@ -271,14 +273,26 @@ def _sample_labels(
     ckpt: Any, n: int, guidance: float, class_label: int | None
 ) -> torch.Tensor | None:
     """Class labels for a conditional checkpoint: ``class_label`` for all, else 0, 1, …, K−1
-    cycling; None for an unconditional one (guidance then is an error)."""
+    cycling; None for an unconditional one (guidance then is an error). Guidance (w ≠ 1)
+    also needs the unconditional model, which only label dropout trains (Ho & Salimans 2022,
+    Algorithm 1): a checkpoint trained without it is refused."""
     from physgen.errors import ConfigError
 
     k = ckpt.num_classes
     if k == 0:
-        if guidance != 1.0 or class_label is not None:
-            raise ConfigError("--guidance/--class need a class-conditional checkpoint")
+        if guidance != 1.0:
+            raise ConfigError(
+                f"--guidance {guidance:g}: the checkpoint is unconditional; classifier-free "
+                "guidance needs a model trained with --label-dropout (e.g. 0.1)"
+            )
+        if class_label is not None:
+            raise ConfigError("--class needs a class-conditional checkpoint")
         return None
+    if guidance != 1.0 and ckpt.meta.get("train", {}).get("label_dropout", 1.0) == 0:
+        raise ConfigError(
+            f"--guidance {guidance:g}: the checkpoint was trained without label dropout, so it "
+            "has no unconditional model to guide with; train with --label-dropout (e.g. 0.1)"
+        )
     if class_label is not None and not 0 <= class_label < k:
         raise ConfigError(f"--class must be in [0, {k - 1}], got {class_label}")
     if class_label is not None:
