@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib
 import inspect
 import os
@@ -357,3 +358,14 @@ def test_site_shows_every_cli_command_and_the_generated_tables(built_site):
     assert images, "the benchmarks page shows no figures"
     for src in images:
         assert (built_site / src).is_file(), f"benchmarks page image {src} was not copied"
+
+
+@pytest.mark.slow
+def test_cli_reference_keeps_double_dashes(built_site):
+    """Examples and option help on the CLI page paste as written: ``--steps``, never the en
+    dash ``–steps`` that smart quotes make of it, and example blocks keep their spacing."""
+    text = html.unescape(re.sub(r"<[^>]+>", "", (built_site / "cli.html").read_text()))
+    assert "physgen sample --sampler dpmpp_2m --steps 10" in text
+    assert "--opt S_churn=40" in text  # an option's help text
+    dashed = sorted(set(re.findall(r"\S*–[A-Za-z]\S*", text)))
+    assert not dashed, f"en dashes where options were written: {dashed}"
