@@ -56,7 +56,9 @@ def run_train(
     # Validate everything cheap before any work: names, options, data.
     process = get_process(process_name, **process_options)
     if reflow is not None:
-        pairs = _reflow_pairs(process, out_dir, *reflow, resume=resume, seed=seed, device=device)
+        pairs = _reflow_pairs(
+            process, out_dir, *reflow, resume=resume, seed=seed, device=device, progress=progress
+        )
         dataset = str(pairs)
         process = get_process(process_name, **{**process_options, "pairs": dataset})
     data = load_dataset(dataset, n_data, seed=seed, **(data_options or {}))
@@ -70,7 +72,8 @@ def run_train(
     codec = None
     if latent is not None:
         ckpt_file = out_dir / "checkpoint.safetensors"
-        codec = resolve_latent(latent, data, ckpt_file if resume else None, seed, device)
+        resume_from, show = (ckpt_file if resume else None), progress and info.is_main
+        codec = resolve_latent(latent, data, resume_from, seed, device, progress=show)
     shape = codec.latent_shape if codec is not None else data.event_shape
     if network is None:  # the backbone that fits the data: images [C, H, W] or vectors
         network = "unet" if len(shape) == 3 else "mlp"
@@ -134,7 +137,7 @@ def run_train(
 
 def _reflow_pairs(
     process: Any, out_dir: Path, teacher: str, n: int, sampler: str, *, resume: bool, seed: int,
-    device: torch.device,
+    device: torch.device, progress: bool,
 ) -> Path:  # fmt: skip
     """The run's reflow pair file (Liu et al. 2023): ``n`` pairs ``(z, ODE(z))`` from the
     ``teacher`` checkpoint, written once; a resumed run trains on the file it already has."""
@@ -151,7 +154,9 @@ def _reflow_pairs(
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
     seed += PAIRS_SEED_OFFSET  # a stream apart from the student's training noise
-    reflow_dataset(teacher, n, sampler=sampler, seed=seed, out_path=path, device=device)
+    reflow_dataset(
+        teacher, n, sampler=sampler, seed=seed, out_path=path, device=device, progress=progress
+    )
     click.echo(f"reflow: {n} pairs from {teacher} ({sampler}) -> {path}")
     return path
 
@@ -232,7 +237,7 @@ def run_sample(
                 prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
             scores["sliced_w2_prior"] = float(reg.metric("sliced_w2").fn(prior, reference))
     if nll:
-        scores.update(_nll(ckpt, nll, seed, device))
+        scores.update(_nll(ckpt, nll, seed, device, progress))
     if straightness and "ode" in ckpt.process.views():
         scores["straightness"] = _straightness(ckpt, min(straightness, n), seed, device)
     with RunWriter(
@@ -305,7 +310,7 @@ def _decode(codec: Any, z: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([codec.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
 
 
-def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]:
+def _nll(ckpt: Any, n: int, seed: int, device: torch.device, progress: bool) -> dict[str, float]:
     """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (math.md §1)."""
     from physgen.errors import ConfigError
     from physgen.metrics.nll import nll
@@ -321,7 +326,7 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     view = ckpt.process.view("ode", ckpt.net)
     if view.prior_logp is None:
         raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
-    return nll(view, data.to(device), divergence="exact").as_dict()
+    return nll(view, data.to(device), divergence="exact", progress=progress).as_dict()
 
 
 def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
