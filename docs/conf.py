@@ -40,6 +40,10 @@ root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 
+# Curly quotes and ellipses only: docutils' smartquotes would also typeset "--" as an en dash,
+# and option names (``--steps`` in help text and prose) must survive copy and paste.
+smartquotes_action = "qe"
+
 # -- MyST ---------------------------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3

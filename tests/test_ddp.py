@@ -5,17 +5,21 @@ one process exactly where the DDP run left off."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from physgen.api import get_network, get_process
-from physgen.io import load_checkpoint_file
+from physgen.io import load_checkpoint_file, read_run
 from physgen.training import train
 
 pytestmark = [
@@ -88,3 +92,48 @@ def test_shards_must_divide_the_batch() -> None:
     process, net, data = _setup()
     with pytest.raises(ConfigError, match="multiple of shards"):
         train(process, net, data, steps=1, shards=3, **OPTS)
+
+
+def _torchrun() -> list[str]:
+    """The venv's ``torchrun`` script (the documented command), else its module form."""
+    script = Path(sys.executable).with_name("torchrun")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_documented_torchrun_command_equals_one_process_with_two_shards(tmp_path: Path) -> None:
+    """docs/workflows.md's ``torchrun --nproc-per-node 2 -m physgen train ...``, run for real
+    (2 gloo ranks on the CPU), equals ``physgen train --shards 2`` in one process."""
+    args = [
+        "train", "-d", "moons", "--n-data", "64", "--steps", "6", "--batch-size", "16",
+        "--lr", "1e-2", "--net-opt", "width=16", "--net-opt", "depth=1",
+        "--checkpoint-every", "3", "--seed", "5", "--device", "cpu", "-q",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = str(_free_port())
+    ddp = [*_torchrun(), "--nproc-per-node", "2", "--master-port", port, "-m", "physgen"]
+    for cmd in (
+        [*ddp, *args, "--out", str(tmp_path / "ddp")],
+        ["physgen", *args, "--shards", "2", "--out", str(tmp_path / "one")],
+    ):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    two = load_checkpoint_file(tmp_path / "ddp" / "checkpoint.safetensors")
+    one = load_checkpoint_file(tmp_path / "one" / "checkpoint.safetensors")
+    assert two.meta["train"]["world_size"] == 2 and one.meta["train"]["world_size"] == 1
+    assert two.step == one.step == 6
+    for group in ("net", "ema"):
+        assert getattr(two, group).keys() == getattr(one, group).keys()
+        for key, value in getattr(one, group).items():
+            torch.testing.assert_close(getattr(two, group)[key], value, rtol=1e-5, atol=1e-5)
+    loss_two = read_run(tmp_path / "ddp" / "train.h5").loss
+    loss_one = read_run(tmp_path / "one" / "train.h5").loss
+    assert loss_two is not None and loss_one is not None and len(loss_one) == 6
+    np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib
 import inspect
 import os
@@ -245,6 +246,26 @@ SHELLS = ("console", "bash", "shell")
 SHELL_PAGES = [p for p in pages() if blocks(p, SHELLS)]
 
 
+#: the example plugin the plugin guide's examples run (README's install command installs it)
+EXAMPLE_PLUGIN = "physgen-yukawa"
+
+
+def skip_without_example_plugin(page: Path, langs: tuple[str, ...]) -> None:
+    """Skip, naming the install, a page whose examples use the example plugin when it is not
+    installed (an optional part: the core and its own tests do not need it)."""
+    import importlib.metadata as md
+
+    if not any("yukawa" in body for _, _, body in blocks(page, langs)):
+        return
+    try:
+        md.distribution(EXAMPLE_PLUGIN)
+    except md.PackageNotFoundError:
+        pytest.skip(
+            f"{_id(page)} runs the example plugin {EXAMPLE_PLUGIN}, which is not installed: "
+            "pip install -e ./plugins/example_external (README's install command does)"
+        )
+
+
 def test_the_site_has_runnable_examples():
     assert any(p.name == "quickstart.md" for p in PY_PAGES)
     assert any(p.name == "quickstart.md" for p in SHELL_PAGES)
@@ -253,6 +274,7 @@ def test_the_site_has_runnable_examples():
 @pytest.mark.slow
 @pytest.mark.parametrize("page", PY_PAGES, ids=_id)
 def test_python_examples_run(page, tmp_path, monkeypatch):
+    skip_without_example_plugin(page, ("python",))
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, Any] = {"__name__": f"__docs_{page.stem}__"}
     for line, _, code in blocks(page, ("python",)):
@@ -292,6 +314,7 @@ def test_shell_examples_run(page, tmp_path, monkeypatch):
 
     from physgen.cli import cli
 
+    skip_without_example_plugin(page, SHELLS)
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()
     for line, lang, body in blocks(page, SHELLS):
@@ -357,3 +380,33 @@ def test_site_shows_every_cli_command_and_the_generated_tables(built_site):
     assert images, "the benchmarks page shows no figures"
     for src in images:
         assert (built_site / src).is_file(), f"benchmarks page image {src} was not copied"
+
+
+@pytest.mark.slow
+def test_cli_reference_keeps_double_dashes(built_site):
+    """Examples and option help on the CLI page paste as written: ``--steps``, never the en
+    dash ``–steps`` that smart quotes make of it, and example blocks keep their spacing."""
+    text = html.unescape(re.sub(r"<[^>]+>", "", (built_site / "cli.html").read_text()))
+    assert "physgen sample --sampler dpmpp_2m --steps 10" in text
+    assert "--opt S_churn=40" in text  # an option's help text
+    dashed = sorted(set(re.findall(r"\S*–[A-Za-z]\S*", text)))
+    assert not dashed, f"en dashes where options were written: {dashed}"
+
+
+def test_plugin_guide_examples_skip_with_a_reason_without_the_example_plugin(monkeypatch):
+    """A fresh install without the optional example plugin skips (naming the install) the
+    plugin guide's examples instead of failing them; other pages still run."""
+    import importlib.metadata as md
+
+    real = md.distribution
+
+    def distribution(name: str):  # type: ignore[no-untyped-def]
+        if name == EXAMPLE_PLUGIN:
+            raise md.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(md, "distribution", distribution)
+    for langs in (("python",), SHELLS):
+        with pytest.raises(pytest.skip.Exception, match=r"pip install -e \./plugins"):
+            skip_without_example_plugin(DOCS / "plugin-guide.md", langs)
+        skip_without_example_plugin(DOCS / "quickstart.md", langs)  # no skip

@@ -110,7 +110,7 @@ def test_train_then_sample_through_the_cli(tmp_path):
 
     run = tmp_path / "run"
     train = "train --process yukawa -o m=1.0 -o sigma_data=1.0 --dataset swissroll "
-    train += f"--n-data 4000 --steps 200 --lr 3e-3 --ema 0.99 --out {run} -q"
+    train += f"--n-data 4000 --steps 200 --lr 3e-3 --ema-decay 0.99 --out {run} -q"
     r = physgen_cli(*train.split(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     ckpt = run / "checkpoint.safetensors"

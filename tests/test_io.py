@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import multiprocessing as mp
 import os
@@ -335,3 +336,74 @@ def test_read_run_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         read_run(cut)
     assert str(cut) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_run_file_records_when_the_work_started(tmp_path: Path) -> None:
+    started = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+    with RunWriter(tmp_path / "a.h5", started=started) as w:
+        w.add_metric("m", 1.0)
+    attrs = read_run(tmp_path / "a.h5").attrs
+    assert attrs["start_time"] == "2024-05-06T07:08:09+00:00"
+    assert attrs["end_time"] > attrs["start_time"]
+
+
+def _cli(*args: str) -> None:
+    from click.testing import CliRunner
+
+    from physgen.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def test_cli_run_files_start_before_the_work_and_end_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``physgen train`` and ``physgen sample`` write their run file after the work: its
+    ``start_time`` is when the command began, not when the file was opened."""
+    import physgen.sampling
+    import physgen.training
+
+    def slow(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            time.sleep(1.1)  # the work spans a second boundary
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(physgen.training, "train", slow(physgen.training.train))
+    monkeypatch.setattr(physgen.sampling, "sample", slow(physgen.sampling.sample))
+    out = tmp_path / "run"
+    _cli(
+        "train", "--steps", "2", "--n-data", "64", "--batch-size", "16", "--net-opt",
+        "width=16", "--net-opt", "depth=1", "--device", "cpu", "-q", "--out", str(out),
+    )  # fmt: skip
+    _cli(
+        "sample", str(out / "checkpoint.safetensors"), "-n", "8", "--steps", "2",
+        "--no-metrics", "--straightness", "0", "--device", "cpu", "-q", "--out",
+        str(out / "s.h5"),
+    )  # fmt: skip
+    for name in ("train.h5", "s.h5"):
+        attrs = read_run(out / name).attrs
+        assert attrs["start_time"] < attrs["end_time"], (name, attrs)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Every atomic write (a checkpoint: safetensors creates 0600 files; a run file; a plain
+    writer) gets the mode a new file gets under the umask, like every other output."""
+    old = os.umask(umask)
+    try:
+        _save(tmp_path / "c.safetensors")
+        with RunWriter(tmp_path / "r.h5"):
+            pass
+        atomic_write(tmp_path / "t.txt", lambda p: p.write_text("x"))
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert (os.stat(tmp_path / "plain").st_mode & 0o777) == expected
+    for name in ("c.safetensors", "r.h5", "t.txt"):
+        assert (os.stat(tmp_path / name).st_mode & 0o777) == expected, name

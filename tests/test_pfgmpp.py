@@ -306,7 +306,7 @@ def test_cli_train_and_sample(tmp_path):
     cli = [sys.executable, "-m", "physgen.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny MLP: threads only contend (20× here)
     train = "train --process pfgmpp -o D=128 -o sigma_data=1.0 --dataset swissroll "
-    train += f"--n-data 4000 --steps 200 --lr 3e-3 --ema 0.99 --out {run} -q"
+    train += f"--n-data 4000 --steps 200 --lr 3e-3 --ema-decay 0.99 --out {run} -q"
     out = subprocess.run([*cli, *train.split()], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     ckpt = run / "checkpoint.safetensors"

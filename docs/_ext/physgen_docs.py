@@ -232,7 +232,27 @@ def _skip_reexport(app: Sphinx, what: str, name: str, obj: Any, skip: bool, opti
     return None
 
 
+def _examples_as_code(app: Sphinx, ctx: Any, lines: list[str]) -> None:
+    """sphinx-click renders a ``\\b`` block of a command's epilog as a line block, i.e. as
+    prose: spaces collapse and ``--option`` could be typeset as a dash. An ``Examples:`` block
+    is commands to paste, so it becomes a literal shell block (rewritten in place)."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() != "| Examples:":
+            out.append(lines[i])
+            i += 1
+            continue
+        out += ["**Examples**", "", ".. code-block:: shell", ""]
+        i += 1
+        while i < len(lines) and lines[i].startswith("|"):
+            out.append("   " + lines[i][1:].strip())  # '| ' then the command; drop the indent
+            i += 1
+    lines[:] = out
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("sphinx-click-process-epilog", _examples_as_code)
     app.connect("autodoc-process-docstring", _note_module)
     app.connect("autodoc-skip-member", _skip_reexport)
     app.add_directive("physgen-samplers", SamplersDirective)

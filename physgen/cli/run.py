@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
     from physgen.training.distributed import init_distributed
     from physgen.training.latent import resolve_latent
 
+    started = datetime.now(timezone.utc)  # the run file is written after the work
+
     # Validate everything cheap before any work: names, options, data.
     process_options = parse_pairs(run.process_options, "--option")
     if run.teacher is not None:
@@ -63,7 +66,7 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
     if run.reflow_from is not None:
         reflow = (run.reflow_from, run.reflow_pairs or n_data, run.reflow_sampler)
         pairs = _reflow_pairs(process, out_dir, *reflow, resume=run.resume, seed=seed,
-                              device=device)  # fmt: skip
+                              device=device, progress=not run.quiet)  # fmt: skip
         dataset = str(pairs)
         process = get_process(run.process, **{**process_options, "pairs": dataset})
     data = load_dataset(dataset, n_data, seed=seed, **data_options)
@@ -76,7 +79,8 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
         raise ConfigError(f"--class-cond/--label-dropout: dataset {data.name!r} has no labels")
     codec = None
     if run.latent is not None:
-        codec = resolve_latent(run.latent, data, checkpoint if run.resume else None, seed, device)
+        resume_from, show = (checkpoint if run.resume else None), not run.quiet and info.is_main
+        codec = resolve_latent(run.latent, data, resume_from, seed, device, progress=show)
     shape = codec.latent_shape if codec is not None else data.event_shape
     # The backbone that fits the data: images [C, H, W] or vectors.
     network = run.network or ("unet" if len(shape) == 3 else "mlp")
@@ -102,7 +106,7 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
         return
     with RunWriter(
         run_path, config=option_params(ctx), seed=seed, device=device, command=command_line(),
-        overwrite=True,
+        overwrite=True, started=started,
     ) as writer:  # fmt: skip
         writer.add_curve("loss", result.losses)
         writer.add_metric("steps_per_second", result.steps / max(result.wall_seconds, 1e-9))
@@ -140,7 +144,7 @@ def _check_teacher_shape(process: Any, data: Any) -> None:
 
 def _reflow_pairs(
     process: Any, out_dir: Path, teacher: str, n: int, sampler: str, *, resume: bool, seed: int,
-    device: torch.device,
+    device: torch.device, progress: bool,
 ) -> Path:  # fmt: skip
     """The run's reflow pair file (Liu et al. 2023): ``n`` pairs ``(z, ODE(z))`` from the
     ``teacher`` checkpoint, written once; a resumed run trains on the file it already has."""
@@ -157,7 +161,9 @@ def _reflow_pairs(
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
     seed += PAIRS_SEED_OFFSET  # a stream apart from the student's training noise
-    reflow_dataset(teacher, n, sampler=sampler, seed=seed, out_path=path, device=device)
+    reflow_dataset(
+        teacher, n, sampler=sampler, seed=seed, out_path=path, device=device, progress=progress
+    )
     click.echo(f"reflow: {n} pairs from {teacher} ({sampler}) -> {path}")
     return path
 
@@ -189,6 +195,7 @@ def run_sample(
 ) -> None:
     from physgen.sampling import resolve_sampler
 
+    started = datetime.now(timezone.utc)  # the run file is written after the work
     ckpt = load_checkpoint(checkpoint, device=device)
     sampler = sampler or ckpt.process.default_sampler
     spec = resolve_sampler(ckpt.process, sampler)  # fail before any work
@@ -207,7 +214,7 @@ def run_sample(
             nll=nll, seed=seed, device=device, progress=progress, overwrite=overwrite,
             straightness=straightness, config=config, command=command, guidance=guidance,
             guidance_interval=guidance_interval, class_label=class_label,
-            clip_denoised=clip_denoised,
+            clip_denoised=clip_denoised, started=started,
         )  # fmt: skip
 
 
@@ -218,7 +225,7 @@ def _draw(
     seed: int, device: torch.device, progress: bool, overwrite: bool, straightness: int,
     config: dict[str, Any], command: str, guidance: float,
     guidance_interval: tuple[float, float] | None, class_label: int | None,
-    clip_denoised: float,
+    clip_denoised: float, started: datetime,
 ) -> None:  # fmt: skip
     """Sample, then publish in an order that loses nothing: the plot (validated, cheap) and
     the samples are written before the metrics run; metrics are added to the file last."""
@@ -269,11 +276,13 @@ def _draw(
             overwrite=overwrite,
         )
     with RunWriter(
-        out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite
-    ) as run:
+        out_path, config=config, seed=seed, device=device, command=command, overwrite=overwrite,
+        started=started,
+    ) as run:  # fmt: skip
         run.add_samples(
             "samples",
             x,
+            labels=cond,
             process=ckpt.process_name,
             sampler=sampler,
             **({} if spec.adaptive else {"steps": steps}),
@@ -287,7 +296,7 @@ def _draw(
     if reference is not None:
         scores.update(_set_metrics(ckpt, spec, xf[:m], reference, seed, device, batch_size))
     if nll:
-        scores.update(_nll(ckpt, nll, seed, device))
+        scores.update(_nll(ckpt, nll, seed, device, progress))
     if straightness and "ode" in ckpt.process.views():
         k = min(straightness, n)
         labels = None if cond is None else cond[:k]
@@ -333,14 +342,26 @@ def _sample_labels(
     ckpt: Any, n: int, guidance: float, class_label: int | None
 ) -> torch.Tensor | None:
     """Class labels for a conditional checkpoint: ``class_label`` for all, else 0, 1, …, K−1
-    cycling; None for an unconditional one (guidance then is an error)."""
+    cycling; None for an unconditional one (guidance then is an error). Guidance (w ≠ 1)
+    also needs the unconditional model, which only label dropout trains (Ho & Salimans 2022,
+    Algorithm 1): a checkpoint trained without it is refused."""
     from physgen.errors import ConfigError
 
     k = ckpt.num_classes
     if k == 0:
-        if guidance != 1.0 or class_label is not None:
-            raise ConfigError("--guidance/--class need a class-conditional checkpoint")
+        if guidance != 1.0:
+            raise ConfigError(
+                f"--guidance {guidance:g}: the checkpoint is unconditional; classifier-free "
+                "guidance needs a model trained with --label-dropout (e.g. 0.1)"
+            )
+        if class_label is not None:
+            raise ConfigError("--class needs a class-conditional checkpoint")
         return None
+    if guidance != 1.0 and ckpt.meta.get("train", {}).get("label_dropout", 1.0) == 0:
+        raise ConfigError(
+            f"--guidance {guidance:g}: the checkpoint was trained without label dropout, so it "
+            "has no unconditional model to guide with; train with --label-dropout (e.g. 0.1)"
+        )
     if class_label is not None and not 0 <= class_label < k:
         raise ConfigError(f"--class must be in [0, {k - 1}], got {class_label}")
     if class_label is not None:
@@ -353,7 +374,7 @@ def _decode(codec: Any, z: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([codec.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
 
 
-def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]:
+def _nll(ckpt: Any, n: int, seed: int, device: torch.device, progress: bool) -> dict[str, float]:
     """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (math.md §1)."""
     from physgen.errors import ConfigError
     from physgen.metrics.nll import nll
@@ -369,7 +390,7 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     view = ckpt.process.view("ode", ckpt.ema)
     if view.prior_logp is None:
         raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
-    return nll(view, data.to(device), divergence="exact").as_dict()
+    return nll(view, data.to(device), divergence="exact", progress=progress).as_dict()
 
 
 def _straightness(

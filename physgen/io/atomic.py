@@ -4,6 +4,9 @@ A crash or ``kill -9`` at any moment leaves either the old file or the new one u
 name, never a half-written one; at worst a stale ``.<name>.<pid>-<hex>.tmp`` file remains
 beside it (hidden, and never read as the real file). The next successful write of the same
 name removes such temporary files whose writer process is gone.
+
+The published file has the mode any new file gets (``0o666`` less the umask), whatever the
+writer used: safetensors, for one, creates its files ``0o600``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import glob
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +26,10 @@ __all__ = ["PendingFile", "atomic_path", "atomic_write", "exists_error", "remove
 
 
 class PendingFile:
-    """A file being built at a temporary name beside ``path``; :meth:`commit` publishes it."""
+    """A file being built at a temporary name beside ``path``; :meth:`commit` publishes it.
+
+    The temporary file is created (empty) here, so that the kernel applies the umask to it;
+    :meth:`commit` gives the finished file that mode back, whatever the writer did."""
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = True):
         self.path = Path(path)
@@ -33,9 +40,15 @@ class PendingFile:
         parent.mkdir(parents=True, exist_ok=True)
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.tmp = self.path.with_name(f".{self.path.name}.{token}.tmp")
+        fd = os.open(self.tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        try:  # the umask's mode, read without os.umask() (which sets it for every thread)
+            self.mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
 
     def commit(self) -> Path:
         try:
+            os.chmod(self.tmp, self.mode)
             _fsync_path(self.tmp)
             _publish(self.tmp, self.path, overwrite=self.overwrite)
         except BaseException:
@@ -112,10 +125,10 @@ def exists_error(path: Path) -> ConfigError:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on a clean exit fsync it and rename it onto
-    ``path``. On any exception the temporary file is removed and ``path`` is untouched; a
-    failed write (read-only or full file system) is a one-line
-    :class:`~physgen.errors.WriteError` naming ``path``, not the temporary name."""
+    """Yield a temporary path beside ``path`` (an empty file); on a clean exit fsync it and
+    rename it onto ``path`` with the umask's mode. On any exception the temporary file is
+    removed and ``path`` is untouched; a failed write (read-only or full file system) is a
+    one-line :class:`~physgen.errors.WriteError` naming ``path``, not the temporary name."""
     try:
         pending = PendingFile(path, overwrite=overwrite)
     except OSError as err:
@@ -142,8 +155,8 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
 def atomic_write(
     path: str | os.PathLike[str], writer: Callable[[Path], object], *, overwrite: bool = True
 ) -> Path:
-    """Call ``writer(tmp)`` to create the file at a temporary path, then publish it at
-    ``path`` atomically (see :func:`atomic_path`). Returns ``path``."""
+    """Call ``writer(tmp)`` to write the file at a temporary path (which exists, empty), then
+    publish it at ``path`` atomically (see :func:`atomic_path`). Returns ``path``."""
     with atomic_path(path, overwrite=overwrite) as tmp:
         writer(tmp)
     return Path(path)

@@ -3,6 +3,7 @@
 Layout: root attributes (``physgen_run_format``, physgen, torch and Python versions, git commit,
 command line, seed, device, start/end time), ``/config`` (a JSON string), ``/samples/<name>``
 (float32, chunked, gzip, with process/sampler/steps/nfe/seed/wall_seconds attributes),
+``/labels/<name>`` (each sample's class label, class-conditional models only),
 ``/metrics`` (scalars as attributes), ``/metrics/curves/<name>`` and ``/loss``.
 
 HDF5 files are not crash-safe while open for writing, so :class:`RunWriter` builds the file
@@ -13,13 +14,14 @@ none) under the final name.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,11 @@ def _attr(value: Any) -> Any:
     return value
 
 
+def _iso(when: dt.datetime) -> str:
+    """``when`` in UTC, ISO 8601 to the second (as ``end_time``); naive times are local."""
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _check_name(name: str, what: str) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"invalid {what} name {name!r}")
@@ -63,7 +70,9 @@ class RunWriter:
 
     Use as a context manager: an exception inside the ``with`` block discards the file, so an
     interrupted run leaves nothing under the final name. An existing ``path`` is refused
-    (:class:`ConfigError`) unless ``overwrite=True``.
+    (:class:`ConfigError`) unless ``overwrite=True``. The file is usually written after the
+    work, so pass the time the work began as ``started`` (default: now); ``end_time`` is
+    stamped on :meth:`close`.
     """
 
     def __init__(
@@ -75,8 +84,10 @@ class RunWriter:
         device: str | torch.device | None = None,
         command: str | None = None,
         overwrite: bool = False,
+        started: dt.datetime | None = None,
     ):
         self.path = Path(path)
+        self._started = now() if started is None else _iso(started)
         if self.path.exists() and not overwrite:
             raise exists_error(self.path)
         try:
@@ -102,7 +113,7 @@ class RunWriter:
             "command": command if command is not None else shlex.join(sys.argv),
             "seed": seed,
             "device": None if device is None else str(device),
-            "start_time": now(),
+            "start_time": self._started,
         }
         self.set_attrs(**attrs)
         try:
@@ -122,19 +133,35 @@ class RunWriter:
         for name, value in attrs.items():
             self.file.attrs[name] = _attr(value)
 
-    def add_samples(self, name: str, x: Tensor | np.ndarray, **attrs: Any) -> None:
+    def add_samples(
+        self,
+        name: str,
+        x: Tensor | np.ndarray,
+        *,
+        labels: Tensor | np.ndarray | None = None,
+        **attrs: Any,
+    ) -> None:
         """Store ``x`` as ``/samples/<name>`` (float32, chunked, gzip) with ``attrs``
-        (process, sampler, steps, nfe, seed, wall_seconds...)."""
+        (process, sampler, steps, nfe, seed, wall_seconds...) and, for a class-conditional
+        model, each sample's class label as ``/labels/<name>`` (int64 ``[n]``, −1 = none)."""
         _check_name(name, "sample set")
         if isinstance(x, Tensor):
             x = x.detach().cpu().numpy()
         data = np.asarray(x, dtype=np.float32)
+        if isinstance(labels, Tensor):
+            labels = labels.detach().cpu().numpy()
+        if labels is not None and np.shape(labels) != data.shape[:1]:
+            raise ConfigError(f"labels must have shape [{len(data)}], got {list(np.shape(labels))}")
         group = self.file.require_group("samples")
         if name in group:
             raise ConfigError(f"run file already holds samples {name!r}")
         ds = group.create_dataset(name, data=data, chunks=True, compression="gzip", shuffle=True)
         for key, value in attrs.items():
             ds.attrs[key] = _attr(value)
+        if labels is not None:
+            self.file.require_group("labels").create_dataset(
+                name, data=np.asarray(labels, dtype=np.int64), compression="gzip"
+            )
 
     def add_metric(self, name: str, value: Any) -> None:
         """Record a scalar metric as an attribute of ``/metrics``."""
@@ -219,6 +246,8 @@ class RunFile:
     metrics: dict[str, Any]
     curves: dict[str, np.ndarray]
     loss: np.ndarray | None
+    #: sample-set name -> class label of each sample (int64 ``[n]``), for conditional models
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
@@ -233,7 +262,8 @@ def _read_run(f: h5py.File, path: Path) -> RunFile:
     metrics = _attrs(f["metrics"]) if "metrics" in f else {}
     curves = {k: ds[()] for k, ds in f.get("metrics/curves", {}).items()}
     loss = f["loss"][()] if "loss" in f else None
-    return RunFile(path, _attrs(f), config, samples, metrics, curves, loss)
+    labels = {k: ds[()] for k, ds in f.get("labels", {}).items()}
+    return RunFile(path, _attrs(f), config, samples, metrics, curves, loss, labels)
 
 
 def read_run(path: str | os.PathLike[str]) -> RunFile:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from physgen.core.process import ODEView
 from physgen.core.rng import Generator
@@ -56,6 +57,7 @@ def nll(
     batch_size: int = 256,
     offset: float = 0.0,
     generator: Generator | None = None,
+    progress: bool = False,
     **options: Any,
 ) -> NLLScore:
     """NLL and bits/dim of ``data`` ``[n, *event]`` under the PF-ODE ``view``, in batches of
@@ -63,16 +65,21 @@ def nll(
     dequantisation, math.md §1). ``options`` go to
     :func:`~physgen.sampling.likelihood.log_likelihood`
     (``divergence``, ``method``, ``rtol``, ``atol``, ``steps_grid``, ``hutchinson_samples``);
-    ``generator`` draws Hutchinson probes."""
+    ``generator`` draws Hutchinson probes; ``progress``: a progress bar on stderr (examples
+    done, batch by batch)."""
     if batch_size < 1:
         raise ConfigError(f"nll: batch_size must be ≥ 1, got {batch_size}")
     if len(data) < 2:
         raise ConfigError(f"nll needs at least 2 examples, got {len(data)}")
     logps, nfe = [], 0
-    for batch in data.split(batch_size):
-        result = log_likelihood(view, batch, generator=generator, **options)
-        logps.append(result.logp.double())
-        nfe += result.nfe
+    with tqdm(
+        total=len(data), disable=not progress, unit="example", dynamic_ncols=True, desc="nll"
+    ) as bar:
+        for batch in data.split(batch_size):
+            result = log_likelihood(view, batch, generator=generator, **options)
+            logps.append(result.logp.double())
+            nfe += result.nfe
+            bar.update(len(batch))
     logp = torch.cat(logps)
     n_dims = data[0].numel()
     return NLLScore(

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from physgen.core.process import ODEView, PriorFn, Process
 from physgen.core.rng import StackedGenerator, randn
@@ -77,7 +78,7 @@ def gaussian_scale(prior: PriorFn, event_shape: tuple[int, ...]) -> float | None
 
 def _generate(
     process: Process, net: nn.Module, event_shape: tuple[int, ...], n: int, *, sampler: str,
-    steps: int, seed: int, batch_size: int, options: dict[str, Any] | None,
+    steps: int, seed: int, batch_size: int, options: dict[str, Any] | None, progress: bool,
 ) -> tuple[Pairs, dict[str, Any]]:  # fmt: skip
     from physgen.sampling import resolve_sampler, sample
 
@@ -91,10 +92,13 @@ def _generate(
             f"reflow from a non-Gaussian prior needs an ode-view sampler, not {sampler!r} "
             f"({spec.view} view: its prior is in another frame)"
         )
-    out = sample(
-        process, net, event_shape, n=n, sampler=sampler, steps=steps, seed=seed,
-        batch_size=batch_size, options=options,
-    )  # fmt: skip
+    with tqdm(
+        total=n, disable=not progress, unit="pair", dynamic_ncols=True, desc="reflow pairs"
+    ) as bar:
+        out = sample(
+            process, net, event_shape, n=n, sampler=sampler, steps=steps, seed=seed,
+            batch_size=batch_size, options=options, on_batch=bar.update,
+        )  # fmt: skip
     # sample() draws row i's prior from its own generator seeded by (seed, i), first thing.
     gen = StackedGenerator.for_samples(seed, 0, n, out.x.device)
     start = view.prior((n, *event_shape), generator=gen, device=out.x.device, dtype=out.x.dtype)
@@ -117,13 +121,15 @@ def generate_pairs(
     seed: int = 0,
     batch_size: int = 4096,
     options: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> Pairs:
     """``n`` reflow pairs ``(z, ODE(z))`` of ``process`` over ``net`` (math.md §8), integrated
     by the deterministic ``sampler`` on ``steps`` grid steps (``options``: its tolerances).
-    ``z`` is the standard normal draw for a Gaussian prior ``N(0, s² I)``, else the prior state."""
+    ``z`` is the standard normal draw for a Gaussian prior ``N(0, s² I)``, else the prior state.
+    ``progress``: a progress bar on stderr (pairs done, batch by batch)."""
     return _generate(
         process, net, event_shape, n, sampler=sampler, steps=steps, seed=seed,
-        batch_size=batch_size, options=options,
+        batch_size=batch_size, options=options, progress=progress,
     )[0]  # fmt: skip
 
 
@@ -194,12 +200,13 @@ def write_pairs(
     options: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     overwrite: bool = True,
+    progress: bool = False,
 ) -> Path:
     """:func:`generate_pairs` and :func:`save_pairs` in one call, recording the teacher
     process, sampler, NFE, seed and ``z_law`` (plus ``meta``) in the file."""
     pairs, info = _generate(
         process, net, event_shape, n, sampler=sampler, steps=steps, seed=seed,
-        batch_size=batch_size, options=options,
+        batch_size=batch_size, options=options, progress=progress,
     )  # fmt: skip
     teacher = {
         "name": getattr(process, "registry_name", type(process).__name__),
@@ -221,10 +228,12 @@ def reflow_dataset(
     options: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     overwrite: bool = True,
+    progress: bool = False,
 ) -> Path:
     """Load the model in ``checkpoint_path`` (any process with a deterministic sampler),
     generate ``n`` reflow pairs and store them at ``out_path``; returns the path. Train on it
-    with ``--process rectified --dataset OUT -o pairs=OUT`` (what ``--reflow-from`` wires)."""
+    with ``--process rectified --dataset OUT -o pairs=OUT`` (what ``--reflow-from`` wires).
+    ``progress``: a progress bar on stderr."""
     from physgen.api import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint_path, device=device)
@@ -236,7 +245,7 @@ def reflow_dataset(
     return write_pairs(
         ckpt.process, ckpt.ema, ckpt.event_shape, n, out_path=out_path, sampler=sampler,
         steps=steps, seed=seed, batch_size=batch_size, options=options, meta=meta,
-        overwrite=overwrite,
+        overwrite=overwrite, progress=progress,
     )  # fmt: skip
 
 

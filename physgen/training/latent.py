@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import trange
 
 from physgen.errors import CheckpointError, ConfigError
 from physgen.nets.autoencoder import build_autoencoder
@@ -146,10 +147,12 @@ def fit_autoencoder(
     lr: float = 2e-3,
     seed: int = 0,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> LatentCodec:
     """Train a registered autoencoder (``conv`` for images ``[n, C, H, W]``, ``mlp`` for vectors
     by default) on ``x`` by mean squared reconstruction error with Adam, and return it as a
-    codec with unit-std latents. Deterministic given ``seed`` (explicit generators)."""
+    codec with unit-std latents. Deterministic given ``seed`` (explicit generators).
+    ``progress``: a progress bar on stderr (as the training loop's)."""
     x = torch.as_tensor(x).float().to(device)
     kind = kind or ("conv" if x.ndim == 4 else "mlp")
     if (kind == "conv") != (x.ndim == 4) or x.ndim not in (2, 4):
@@ -166,7 +169,9 @@ def fit_autoencoder(
     ae.to(x.device)
     gen = torch.Generator(x.device).manual_seed(int(seed_data))
     opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    for _ in range(steps):
+    for _ in trange(
+        steps, disable=not progress, unit="step", dynamic_ncols=True, desc="autoencoder"
+    ):
         idx = torch.randint(x.shape[0], (batch_size,), generator=gen, device=x.device)
         y = x.index_select(0, idx)
         loss = (ae.decode(ae.encode(y)) - y).pow(2).mean()  # type: ignore[operator]
@@ -248,15 +253,18 @@ def load_codec(path: str | Path, autoencoder: nn.Module | None = None) -> Latent
 
 
 def resolve_latent(
-    spec: str, data: Any, resume_from: Path | None, seed: int, device: torch.device | str
-) -> LatentCodec:
+    spec: str, data: Any, resume_from: Path | None, seed: int, device: torch.device | str,
+    progress: bool = False,
+) -> LatentCodec:  # fmt: skip
     """The codec named by ``--latent``: ``ae`` trains the default autoencoder for the data
-    (``conv`` for images, ``mlp`` for vectors), anything else is a file for :func:`load_codec`.
-    A resumed run (``resume_from``) reuses the autoencoder its checkpoint recorded."""
+    (``conv`` for images, ``mlp`` for vectors; ``progress`` shows its bar), anything else is a
+    file for :func:`load_codec`. A resumed run (``resume_from``) reuses the autoencoder its
+    checkpoint recorded."""
     if resume_from is not None:
         return load_codec(resume_from).to(device)
     if spec == "ae":
-        return fit_autoencoder(torch.as_tensor(data.x), seed=seed, device=device)
+        x = torch.as_tensor(data.x)
+        return fit_autoencoder(x, seed=seed, device=device, progress=progress)
     if not Path(spec).is_file():
         raise ConfigError(f"--latent must be 'ae' or an autoencoder file, got {spec!r}")
     return load_codec(spec).to(device)
