@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from physgen.core.process import Process, convert_value, parse_options
+from physgen.core.options import parse_options, typed_options
+from physgen.core.process import Process
 from physgen.errors import CheckpointError, ConfigError, PhysgenError
 from physgen.registry import get_registry
 
@@ -32,11 +33,7 @@ def get_network(
     """The registered backbone ``name`` for data of ``event_shape``; ``config`` overrides the
     network's defaults (unknown keys are a one-line :class:`ConfigError`)."""
     entry = get_registry().network(name)
-    unknown = set(config) - set(entry.config)
-    if unknown:
-        known = ", ".join(entry.config) or "none"
-        raise ConfigError(f"network {name!r} has no option {sorted(unknown)[0]!r} ({known})")
-    merged = {**entry.config, **_typed(config, entry.config)}
+    merged = {**entry.config, **typed_options(f"network {name!r}", config, entry.config)}
     try:
         net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
     except (TypeError, ValueError) as err:
@@ -45,13 +42,6 @@ def get_network(
     net.registry_name = name  # type: ignore[assignment]
     net.registry_config = merged  # type: ignore[assignment]
     return net
-
-
-def _typed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """String values (``--net-opt width=256``) converted to the type of the default."""
-    return {
-        k: convert_value(v, defaults.get(k), name=k, owner="network") for k, v in values.items()
-    }
 
 
 @dataclass

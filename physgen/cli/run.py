@@ -318,16 +318,9 @@ def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
 
 
 def _sampler_options(spec: Any, name: str, raw: dict[str, str]) -> dict[str, Any]:
-    from physgen.core.process import convert_value
-    from physgen.errors import ConfigError
+    from physgen.core.options import typed_options
 
-    out = {}
-    for key, value in raw.items():
-        if key not in spec.options:
-            known = ", ".join(spec.options) or "none"
-            raise ConfigError(f"sampler {name!r} has no option {key!r} (options: {known})")
-        out[key] = convert_value(value, spec.options[key], name=key, owner=f"sampler {name!r}")
-    return out
+    return typed_options(f"sampler {name!r}", raw, spec.options)
 
 
 def _reference_name(meta: dict[str, Any]) -> str | None:

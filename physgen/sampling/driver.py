@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from physgen.core.options import typed_options
 from physgen.core.process import CountedFn, Process
 from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
@@ -109,13 +110,7 @@ def sample(
     if cond is None and (guidance != 1.0 or classifier is not None):
         raise ConfigError("guidance needs class labels: pass cond ([n] ints, −1 = none)")
     spec = resolve_sampler(process, sampler, registry)
-    options = {**spec.options, **(options or {})}
-    unknown = set(options) - set(spec.options)
-    if unknown:
-        known = ", ".join(spec.options) or "none"
-        raise ConfigError(
-            f"sampler {sampler!r} has no option {sorted(unknown)[0]!r} (options: {known})"
-        )
+    options = {**spec.options, **typed_options(f"sampler {sampler!r}", options or {}, spec.options)}
     if schedule is not None and spec.view not in ("denoiser", "score"):
         raise ConfigError(f"a schedule applies to denoiser/score samplers, not {sampler!r}")
     device = torch.device(device) if device is not None else next(net.parameters()).device
