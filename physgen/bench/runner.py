@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from physgen.bench import store
 from physgen.bench.suite import ProcessSpec, Suite
+from physgen.core.rng import derive_seed
 from physgen.errors import CheckpointError, ConfigError, DataError, TrainingError
 
 __all__ = ["BenchRun", "run_bench", "steps_for_budget"]
@@ -56,10 +57,6 @@ class BenchRun:
 def side_dir(out: Path) -> Path:
     """Checkpoints, plots and the table live in ``<out without suffix>/``."""
     return out.with_suffix("")
-
-
-def _derived_seed(seed: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
 
 
 def steps_for_budget(
@@ -93,13 +90,13 @@ class _Data:
         n, m = suite.n_data, suite.n_samples
         if Path(spec).suffix.lower() not in FILE_SUFFIXES:
             self.train = load_dataset(spec, n, seed=seed)
-            self.reference = load_dataset(spec, m, seed=_derived_seed(seed, 1)).x
-            self.floor = load_dataset(spec, m, seed=_derived_seed(seed, 2)).x
+            self.reference = load_dataset(spec, m, seed=derive_seed(seed, "reference")).x
+            self.floor = load_dataset(spec, m, seed=derive_seed(seed, "floor")).x
             return
         full = load_dataset(spec, n + 2 * m, seed=seed)  # a file: hold out 2m random rows
         if len(full) < 2 * m + 2:
             raise DataError(f"{spec}: {len(full)} rows; bench holds out 2 × n_samples = {2 * m}")
-        g = torch.Generator().manual_seed(_derived_seed(seed, 3))
+        g = torch.Generator().manual_seed(derive_seed(seed, "holdout"))
         perm = torch.randperm(len(full), generator=g)
         self.reference, self.floor = full.x[perm[:m]], full.x[perm[m : 2 * m]]
         self.train = Dataset(full.name, full.x[perm[2 * m :]], info=dict(full.info))
@@ -291,11 +288,12 @@ class _Runner:
     def _reflow_pairs(self, run: str, teacher: Path, seed: int) -> Path:
         """The reflow pairs ``(z, ODE(z))`` of ``teacher`` for ``run`` (Liu et al. 2023),
         generated once (dopri5) and written atomically beside the checkpoints."""
-        from physgen.sampling.reflow import PAIRS_SEED_OFFSET, reflow_dataset
+        from physgen.sampling.reflow import PAIRS_STREAM, reflow_dataset
 
         path = self.ckpt_dir / f"{run}.{self.tag}.pairs.npz"
         if not path.is_file():
-            reflow_dataset(teacher, self.suite.n_data, seed=seed + PAIRS_SEED_OFFSET, out_path=path,
+            reflow_dataset(teacher, self.suite.n_data, seed=derive_seed(seed, PAIRS_STREAM),
+                           out_path=path,
                            device=self.device)  # fmt: skip
         return path
 

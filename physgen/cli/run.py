@@ -11,6 +11,7 @@ import torch
 
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.cli.plots import plot_curves, plot_image_grid, plot_samples
+from physgen.core.rng import derive_seed
 from physgen.data import load_dataset
 from physgen.io import RunWriter, read_checkpoint_meta
 
@@ -135,7 +136,7 @@ def _reflow_pairs(
     """The run's reflow pair file (Liu et al. 2023): ``n`` pairs ``(z, ODE(z))`` from the
     ``teacher`` checkpoint, written once; a resumed run trains on the file it already has."""
     from physgen.errors import ConfigError
-    from physgen.sampling.reflow import PAIRS_SEED_OFFSET, reflow_dataset
+    from physgen.sampling.reflow import PAIRS_STREAM, reflow_dataset
 
     if "pairs" not in process.options_dict():
         raise ConfigError(
@@ -146,7 +147,7 @@ def _reflow_pairs(
     if resume and path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed += PAIRS_SEED_OFFSET  # a stream apart from the student's training noise
+    seed = derive_seed(seed, PAIRS_STREAM)  # a stream apart from the student's training noise
     reflow_dataset(teacher, n, sampler=sampler, seed=seed, out_path=path, device=device)
     click.echo(f"reflow: {n} pairs from {teacher} ({sampler}) -> {path}")
     return path
@@ -220,7 +221,8 @@ def run_sample(
                 fn = reg.metric(name).fn
                 scores[name] = float(fn(x, reference, generator=gen))
             prior = ckpt.process.view(spec.view, ckpt.net).prior(
-                (n, *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
+                (n, *ckpt.event_shape),
+                generator=torch.Generator().manual_seed(derive_seed(seed, "prior")),
             )
             if ckpt.latent is not None:
                 prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
@@ -295,7 +297,7 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
             "--nll: a latent-mode model has no data-space likelihood (its autoencoder is not "
             "invertible, so the ODE's density is over latents)"
         )
-    data = _reference(ckpt.meta, n, seed + 1)
+    data = _reference(ckpt.meta, n, derive_seed(seed, "nll"))
     if data is None:
         raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")
     view = ckpt.process.view("ode", ckpt.net)
@@ -337,7 +339,7 @@ def _reference(meta: dict[str, Any], n: int, seed: int) -> torch.Tensor | None:
     if not name:
         return None
     try:
-        data = load_dataset(name, n, seed=seed + 10_007)
+        data = load_dataset(name, n, seed=derive_seed(seed, "reference"))
     except PhysgenError:
         return None
     return data.x.float()
