@@ -3,7 +3,7 @@
 Karras, Aittala, Aila, Laine (2022), "Elucidating the Design Space of Diffusion-Based Generative
 Models" (EDM): ``D(x; σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x, c_noise(σ))`` (eq. 7) with the
 coefficients of Table 1. These are parameterisations, not processes: EDM, PFGM++ ("the same
-preconditioned denoiser", Xu et al. 2023 §4) and third-party kernels such as Yukawa train
+preconditioned denoiser", Xu et al. 2023 §4) and third-party kernels train
 :class:`PreconditionedProcess`; consistency models (Song et al. 2023, eq. 5) apply the same
 :func:`precondition` with their own coefficients. That is why it lives in the core and no plugin
 imports another.
