@@ -12,7 +12,7 @@ from torch import nn
 from physgen.core.options import parse_options, typed_options
 from physgen.core.process import Process
 from physgen.errors import CheckpointError, ConfigError, PhysgenError
-from physgen.registry import get_registry
+from physgen.registry import get_registry, plugin_call
 
 __all__ = ["Checkpoint", "get_network", "get_process", "load_checkpoint"]
 
@@ -20,9 +20,11 @@ __all__ = ["Checkpoint", "get_network", "get_process", "load_checkpoint"]
 def get_process(name: str, **options: Any) -> Process:
     """The registered process ``name`` with ``options`` (values may be strings, as from
     ``-o key=value``); unknown names and options are one-line :class:`ConfigError`."""
-    entry = get_registry().process(name)
-    opts = parse_options(entry.cls.Options, options, owner=f"process {name!r}")
-    process: Process = entry.cls(opts)
+    registry = get_registry()
+    entry = registry.process(name)
+    with plugin_call(registry.plugin_of("processes", name), f"process {name!r}"):
+        opts = parse_options(entry.cls.Options, options, owner=f"process {name!r}")
+        process: Process = entry.cls(opts)
     process.registry_name = name  # type: ignore[assignment]
     return process
 
@@ -32,16 +34,42 @@ def get_network(
 ) -> nn.Module:
     """The registered backbone ``name`` for data of ``event_shape``; ``config`` overrides the
     network's defaults (unknown keys are a one-line :class:`ConfigError`)."""
-    entry = get_registry().network(name)
+    registry = get_registry()
+    entry = registry.network(name)
     merged = {**entry.config, **typed_options(f"network {name!r}", config, entry.config)}
-    try:
-        net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"network {name!r}: {err}") from None
+    with plugin_call(registry.plugin_of("networks", name), f"network {name!r}") as call:
+        try:
+            net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"network {name!r}: {err}") from None
+        if not isinstance(net, nn.Module):
+            raise call.error(f"returned {type(net).__name__}, expected a torch.nn.Module")
+        _check_backbone(net, tuple(event_shape), call)
     # What a checkpoint needs to rebuild this network by name (see physgen.training.describe).
     net.registry_name = name  # type: ignore[assignment]
     net.registry_config = merged  # type: ignore[assignment]
     return net
+
+
+def _check_backbone(net: nn.Module, event_shape: tuple[int, ...], call: plugin_call) -> None:
+    """One forward pass on a batch of two zeros (eval mode, no gradients, so no state or RNG
+    changes): a backbone returns a tensor shaped like its input ``x``."""
+    param = next(net.parameters(), None)
+    like = param if param is not None and param.is_floating_point() else torch.zeros(())
+    x = torch.zeros(2, *event_shape, device=like.device, dtype=like.dtype)
+    mode = [m.training for m in net.modules()]
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(x, torch.full((2,), 0.5, device=x.device), None)
+    finally:
+        for m, training in zip(net.modules(), mode, strict=True):
+            m.training = training
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise call.error(
+            f"returns {got} for input {list(x.shape)}; a backbone returns the shape of x"
+        )
 
 
 @dataclass

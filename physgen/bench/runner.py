@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from physgen.bench import store
 from physgen.bench.suite import ProcessSpec, Suite
 from physgen.core.rng import derive_seed
-from physgen.errors import CheckpointError, ConfigError, DataError, TrainingError
+from physgen.errors import CheckpointError, ConfigError, DataError, PluginError, TrainingError
 
 __all__ = ["BenchRun", "run_bench", "steps_for_budget"]
 
@@ -185,8 +185,13 @@ class _Runner:
         data: _Data | None = None
         label = label_of(spec)
         ref_name = f"{label}.s{seed}"
+        broken: set[str] = set()  # labels whose plugin failed at run time, for this seed
         for p in self.suite.processes:
             run = f"{label}.{p.label}.s{seed}"
+            if p.teacher in broken:
+                self.note(f"skipped {run}: its teacher {p.teacher!r} failed")
+                broken.add(p.label)
+                continue
             cells = [(s, b) for s in p.samplers for b in self.suite.nfe]
             todo = [(s, b) for s, b in cells if f"{run}.{s}.nfe{b}" not in self.done.cells]
             self.result.reused += len(cells) - len(todo)
@@ -196,9 +201,13 @@ class _Runner:
             data = data or _Data(spec, self.suite, seed)
             if ref_name not in self.done.references:
                 self._reference(ref_name, label, seed, data)
-            ckpt = self._trained(p, run, label, seed, data)
-            if ckpt is not None:
-                self._sample(p, run, label, seed, ckpt, todo, data.reference)
+            try:
+                ckpt = self._trained(p, run, label, seed, data)
+                if ckpt is not None:
+                    self._sample(p, run, label, seed, ckpt, todo, data.reference)
+            except PluginError as err:  # one broken plugin is reported; the others still run
+                self.note(f"skipped {run}: {err}")
+                broken.add(p.label)
 
     def _reference(self, name: str, label: str, seed: int, data: _Data) -> None:
         floor = self._metrics(data.floor, data.reference, seed)

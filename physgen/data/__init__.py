@@ -219,9 +219,15 @@ def load_dataset(spec: str, n: int, *, seed: int = 0, **options: Any) -> Dataset
     registry = get_registry()
     spec = str(spec)
     if spec in registry.names("datasets") or spec in registry.conflicts("datasets"):
+        from physgen.registry import plugin_call
+
         loader = registry.dataset(spec).loader
-        options = _check_options(f"dataset {spec!r}", loader, options)
-        return loader(n, seed=seed, **options)
+        with plugin_call(registry.plugin_of("datasets", spec), f"dataset {spec!r}") as call:
+            options = _check_options(f"dataset {spec!r}", loader, options)
+            data = loader(n, seed=seed, **options)
+            if not isinstance(data, Dataset):
+                raise call.error(f"returned {type(data).__name__}, expected physgen.data.Dataset")
+        return data
     if Path(spec).suffix.lower() in FILE_SUFFIXES:
         from physgen.data.files import load_file
 

@@ -4,7 +4,7 @@ entry points in the ``physgen`` group with each plugin isolated
 (:mod:`physgen.registry.isolation`), and physgen's own samplers, networks, datasets and
 metrics registered as an ordinary plugin (:mod:`physgen.registry.builtin`)."""
 
-from physgen.registry.isolation import isolated, plugin_call
+from physgen.registry.isolation import isolated, plugin_call, process_view
 from physgen.registry.manager import (
     DISABLE_ENV,
     KINDS,
@@ -31,4 +31,5 @@ __all__ = [
     "get_registry",
     "isolated",
     "plugin_call",
+    "process_view",
 ]

@@ -21,6 +21,7 @@ my.toml`` stays a valid file whatever the plugins print.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import signal
 import sys
@@ -34,7 +35,7 @@ from physgen.errors import PhysgenError, PluginError
 if TYPE_CHECKING:
     from physgen.registry.manager import PluginInfo
 
-__all__ = ["LoadGuard", "first_line", "isolated", "plugin_call"]
+__all__ = ["LoadGuard", "first_line", "isolated", "plugin_call", "process_view"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -139,6 +140,20 @@ def isolated(fn: F, owner: Any, what: str) -> F:
             return fn(*args, **kwargs)
 
     return call  # type: ignore[return-value]
+
+
+def process_view(process: Any, kind: str, net: Any, cond: Any = None) -> Any:
+    """``process.view(kind, net, cond)`` with the call and each function of the returned view
+    record (field or denoiser, grid, prior, ...) under :func:`plugin_call`, so that whatever
+    runs them — a sampler, the likelihood, a teacher — names the process when one fails."""
+    what = f"{kind} view"
+    with plugin_call(process, what) as call:
+        view = process.view(kind, net, cond)
+        if not dataclasses.is_dataclass(view) or isinstance(view, type):
+            raise call.error(f"returned {type(view).__name__}, expected a view record")
+        funcs = {f.name: getattr(view, f.name) for f in dataclasses.fields(view)}
+    guarded = {k: isolated(v, process, what) for k, v in funcs.items() if callable(v)}
+    return dataclasses.replace(view, **guarded)
 
 
 def _not_the_plugins(err: BaseException) -> bool:

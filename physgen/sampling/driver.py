@@ -14,7 +14,7 @@ from physgen.core.options import typed_options
 from physgen.core.process import CountedFn, Process
 from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
-from physgen.registry import Registry, get_registry
+from physgen.registry import Registry, get_registry, process_view
 from physgen.sampling.guidance import Classifier, GuidedNet, classifier_guided
 from physgen.solvers import Sampler
 from physgen.solvers.grids import regrid
@@ -122,7 +122,7 @@ def sample(
         gen = StackedGenerator.for_samples(seed, start, count, device)
         c = cond[start : start + count].to(device) if cond is not None else None
         guided = GuidedNet(net, guidance, guidance_interval)
-        view = process.view(spec.view, guided, c)
+        view = process_view(process, spec.view, guided, c)
         if classifier is not None:
             view = classifier_guided(view, classifier, c, classifier_scale)
         grid = view.grid(steps) if hasattr(view, "grid") else view.sigmas(steps)

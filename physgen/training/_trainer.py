@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from physgen.registry import plugin_call
 from physgen.training._steps import global_rng_base, seeded_global_rng
 from physgen.training.distributed import dist_info
 
@@ -110,7 +111,7 @@ class Trainer:
             c = cond[rows] if cond is not None else None
             last = j == count - 1  # DDP all-reduces with the last local shard's backward
             with seeded_global_rng(base, step, self.x.device):
-                with self._no_sync(not last), self._autocast():
+                with self._no_sync(not last), self._autocast(), plugin_call(self.process, "loss"):
                     loss = self.process.loss(
                         self.fwd_net, y[rows], cond=c, step=step, generator=gen
                     )
