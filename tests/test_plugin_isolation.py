@@ -222,6 +222,18 @@ def test_a_hook_raising_anything_is_isolated(plugin_path, raised):
     assert "survivor" in reg.names("datasets") and "edm" in reg.names("processes")
 
 
+def test_an_unknown_name_points_at_the_plugins_that_did_not_load(plugin_path):
+    source = "raise ImportError('needs torch_cluster')\n"
+    make_plugin_dist(plugin_path, "fake-broken", "brokenplug", "fake_physgen_broken", source)
+    with pytest.raises(ConfigError) as caught:
+        Registry().process("graphflow")
+    message = str(caught.value)
+    assert message.startswith("unknown process 'graphflow' (available: ")
+    assert message.endswith(
+        "broken plugins: brokenplug (fake-broken): ImportError: needs torch_cluster"
+    )
+
+
 def test_a_misspelt_hookimpl_is_reported(plugin_path):
     source = """
     from physgen import hookimpl
@@ -338,10 +350,13 @@ def test_bench_reports_and_skips_a_process_that_breaks_while_training(installed,
 
 
 def test_show_suite_stdout_is_toml_with_a_chatty_and_a_broken_plugin(plugin_path, tmp_path):
-    """``physgen bench --show-suite > my.toml``: what plugins print goes to stderr, and a
-    process that fails its preflight is skipped with a note (a TOML comment)."""
+    """``physgen bench --show-suite > my.toml``: what plugins print goes to stderr; a process
+    that fails its preflight and a plugin that exits at import are notes (TOML comments)."""
     make_plugin_dist(plugin_path, "fake-chatty", "chattyplug", "fake_physgen_chatty", CHATTY)
     make_plugin_dist(plugin_path, "fake-fragile", "fragileplug", "fake_physgen_fragile", FRAGILE)
+    make_plugin_dist(
+        plugin_path, "fake-exit", "exitplug", "fake_physgen_exit", "raise SystemExit(4)\n"
+    )
     run = subprocess.run(
         [sys.executable, "-m", "physgen.cli", "bench", "--show-suite"],
         capture_output=True, text=True, cwd=tmp_path,
@@ -351,3 +366,4 @@ def test_show_suite_stdout_is_toml_with_a_chatty_and_a_broken_plugin(plugin_path
     assert "chatty" in suite["processes"] and "fragile" not in suite["processes"]
     assert "hello" not in run.stdout and "hello from import" in run.stderr
     assert "# note: skipped fragile" in run.stdout and "fragileplug" in run.stdout
+    assert "# note: plugin exitplug (fake-exit) not loaded: SystemExit: 4" in run.stdout

@@ -54,6 +54,8 @@ def with_processes(suite: Suite, data: dict[str, Any], samplers: tuple[str, ...]
             if not every or label in tables:
                 raise
             notes.append(f"skipped {label}: {err}")
+    if every:  # what "all" leaves out because its plugin did not load
+        notes += [f"plugin {p.name} ({p.package}) not loaded: {p.reason}" for p in reg.broken()]
     specs = _resolve_samplers(specs, samplers, every, notes)
     specs = _resolve_teachers(specs, every, notes)
     if not specs:

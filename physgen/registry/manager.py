@@ -263,7 +263,9 @@ class Registry:
             who = " and ".join(f"{p.name} ({p.package})" for p in claimants)
             raise PluginError(f"{singular} {name!r} is claimed by more than one plugin: {who}")
         known = ", ".join(self.names(kind)) or "none installed"
-        raise ConfigError(f"unknown {singular} {name!r} (available: {known})")
+        failed = [f"{p.name} ({p.package}): {p.reason}" for p in self.broken() if p.reason]
+        hint = f"; broken plugins: {'; '.join(failed)}" if failed else ""
+        raise ConfigError(f"unknown {singular} {name!r} (available: {known}){hint}")
 
     def plugin_of(self, kind: str, name: str) -> PluginInfo:
         self.get(kind, name)
