@@ -36,6 +36,7 @@ from physgen.bench import store
 from physgen.bench.suite import ProcessSpec, Suite
 from physgen.core.rng import derive_seed
 from physgen.errors import CheckpointError, ConfigError, DataError, PluginError, TrainingError
+from physgen.registry import process_view
 
 __all__ = ["BenchRun", "run_bench", "steps_for_budget"]
 
@@ -77,7 +78,7 @@ def steps_for_budget(
 
 
 def _view_grid(process: Any, net: Any, view: str) -> Callable[[int], torch.Tensor]:
-    v = process.view(view, net)
+    v = process_view(process, view, net)
     return v.grid if hasattr(v, "grid") else v.sigmas
 
 

@@ -14,6 +14,7 @@ from physgen.cli.plots import plot_curves, plot_image_grid, plot_samples
 from physgen.core.rng import derive_seed
 from physgen.data import load_dataset
 from physgen.io import RunWriter, read_checkpoint_meta
+from physgen.registry import process_view
 
 
 def run_train(
@@ -220,7 +221,7 @@ def run_sample(
             for name in ("sliced_w2", "mmd"):
                 fn = reg.metric(name).fn
                 scores[name] = float(fn(x, reference, generator=gen))
-            prior = ckpt.process.view(spec.view, ckpt.net).prior(
+            prior = process_view(ckpt.process, spec.view, ckpt.net).prior(
                 (n, *ckpt.event_shape),
                 generator=torch.Generator().manual_seed(derive_seed(seed, "prior")),
             )
@@ -300,7 +301,7 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     data = _reference(ckpt.meta, n, derive_seed(seed, "nll"))
     if data is None:
         raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")
-    view = ckpt.process.view("ode", ckpt.net)
+    view = process_view(ckpt.process, "ode", ckpt.net)
     if view.prior_logp is None:
         raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
     return nll(view, data.to(device), divergence="exact").as_dict()
@@ -312,7 +313,7 @@ def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
     from physgen.core.rng import StackedGenerator
     from physgen.sampling.reflow import straightness
 
-    view = ckpt.process.view("ode", ckpt.net)
+    view = process_view(ckpt.process, "ode", ckpt.net)
     gen = StackedGenerator.for_samples(seed, 0, n, device)
     x0 = view.prior((n, *ckpt.event_shape), generator=gen, device=device, dtype=torch.float32)
     with torch.no_grad():

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from physgen.core.process import ODEView, PriorFn, Process
 from physgen.core.rng import StackedGenerator, randn
 from physgen.errors import ConfigError, DataError
+from physgen.registry import process_view
 
 __all__ = [
     "PAIRS_STREAM",
@@ -84,7 +85,7 @@ def _generate(
     spec = resolve_sampler(process, sampler)
     if spec.stochastic:
         raise ConfigError(f"reflow needs a deterministic sampler; {sampler!r} injects noise")
-    view: Any = process.view(spec.view, net)
+    view: Any = process_view(process, spec.view, net)
     scale = gaussian_scale(view.prior, tuple(event_shape))
     if scale is None and spec.view != "ode":
         raise ConfigError(
