@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from physgen.core import validate as _v
-from physgen.core.process import Process, convert_value, parse_options
+from physgen.core.options import parse_options, typed_options
+from physgen.core.process import Process
 from physgen.errors import CheckpointError, ConfigError, PhysgenError
-from physgen.registry import get_registry
+from physgen.registry import get_registry, plugin_call
 
 __all__ = ["Checkpoint", "get_network", "get_process", "load_checkpoint"]
 
@@ -20,9 +21,11 @@ __all__ = ["Checkpoint", "get_network", "get_process", "load_checkpoint"]
 def get_process(name: str, **options: Any) -> Process:
     """The registered process ``name`` with ``options`` (values may be strings, as from
     ``-o key=value``); unknown names and options are one-line :class:`ConfigError`."""
-    entry = get_registry().process(_v.check_str("name", name))
-    opts = parse_options(entry.cls.Options, options, owner=f"process {name!r}")
-    process: Process = entry.cls(opts)
+    registry = get_registry()
+    entry = registry.process(_v.check_str("name", name))
+    with plugin_call(registry.plugin_of("processes", name), f"process {name!r}"):
+        opts = parse_options(entry.cls.Options, options, owner=f"process {name!r}")
+        process: Process = entry.cls(opts)
     process.registry_name = name  # type: ignore[assignment]
     return process
 
@@ -38,31 +41,46 @@ def get_network(
     caller's global RNG state is left as it was."""
     event_shape = _v.check_shape("event_shape", event_shape)
     num_classes = _v.check_int("num_classes", num_classes, min=0)
-    entry = get_registry().network(_v.check_str("name", name))
-    unknown = set(config) - set(entry.config)
-    if unknown:
-        known = ", ".join(entry.config) or "none"
-        raise ConfigError(f"network {name!r} has no option {sorted(unknown)[0]!r} ({known})")
-    merged = {**entry.config, **_typed(config, entry.config)}
+    registry = get_registry()
+    entry = registry.network(_v.check_str("name", name))
+    merged = {**entry.config, **typed_options(f"network {name!r}", config, entry.config)}
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be an integer ≥ 0, got {seed!r}")
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"network {name!r}: {err}") from None
+    with plugin_call(registry.plugin_of("networks", name), f"network {name!r}") as call:
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"network {name!r}: {err}") from None
+        if not isinstance(net, nn.Module):
+            raise call.error(f"returned {type(net).__name__}, expected a torch.nn.Module")
+        _check_backbone(net, tuple(event_shape), call)
     # What a checkpoint needs to rebuild this network by name (see physgen.training.describe).
     net.registry_name = name  # type: ignore[assignment]
     net.registry_config = merged  # type: ignore[assignment]
     return net
 
 
-def _typed(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """String values (``--net-opt width=256``) converted to the type of the default."""
-    return {
-        k: convert_value(v, defaults.get(k), name=k, owner="network") for k, v in values.items()
-    }
+def _check_backbone(net: nn.Module, event_shape: tuple[int, ...], call: plugin_call) -> None:
+    """One forward pass on a batch of two zeros (eval mode, no gradients, so no state or RNG
+    changes): a backbone returns a tensor shaped like its input ``x``."""
+    param = next(net.parameters(), None)
+    like = param if param is not None and param.is_floating_point() else torch.zeros(())
+    x = torch.zeros(2, *event_shape, device=like.device, dtype=like.dtype)
+    mode = [m.training for m in net.modules()]
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(x, torch.full((2,), 0.5, device=x.device), None)
+    finally:
+        for m, training in zip(net.modules(), mode, strict=True):
+            m.training = training
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise call.error(
+            f"returns {got} for input {list(x.shape)}; a backbone returns the shape of x"
+        )
 
 
 @dataclass

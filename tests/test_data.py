@@ -359,7 +359,7 @@ def test_string_options_convert_to_the_loaders_types() -> None:
     assert torch.equal(text.x, number.x)
     with pytest.raises(ConfigError, match="option noise='abc' is not a valid float"):
         load_dataset("moons", 64, noise="abc")
-    with pytest.raises(ConfigError, match="has no option nope"):
+    with pytest.raises(ConfigError, match="has no option 'nope'"):
         load_dataset("moons", 64, nope="1")
 
 
@@ -371,7 +371,7 @@ def test_cli_data_opt_is_validated_in_one_line(tmp_path: Path) -> None:
     args = ["train", "--steps", "1", "--data-opt", "nope=1", "--out", str(tmp_path / "r")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "dataset 'moons' has no option nope" in result.output
+    assert "dataset 'moons' has no option 'nope'" in result.output
     assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
 
 

@@ -34,6 +34,7 @@ from physgen_flow.matching import (
     linear_path,
     source_prior,
 )
+from physgen_flow.oracle import flow_matching_velocity
 from torch import Tensor, nn
 
 import physgen
@@ -51,7 +52,7 @@ from physgen.sampling.reflow import (
     straightness,
     write_pairs,
 )
-from physgen.testing.oracles import empirical_denoiser, flow_matching_velocity
+from physgen.testing.oracles import empirical_denoiser
 
 MU = torch.tensor([1.0, -0.5], dtype=torch.float64)
 S = 0.5

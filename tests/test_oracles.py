@@ -8,18 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from physgen_flow.oracle import flow_matching_velocity
+from physgen_poisson.oracle import pfgmpp_denoiser
 from scipy import stats
 
 from physgen.core.process import DenoiserView, karras_sigmas
 from physgen.errors import ConfigError
 from physgen.solvers.ode import dopri5, rk4
-from physgen.testing.oracles import (
-    GaussianMixture,
-    empirical_denoiser,
-    flow_matching_velocity,
-    gaussian_flow,
-    pfgmpp_denoiser,
-)
+from physgen.testing.oracles import GaussianMixture, empirical_denoiser, gaussian_flow
 
 F64 = torch.float64
 

@@ -184,7 +184,7 @@ def test_likelihood_of_a_point_mass_is_the_kernel():
     """Data = one point at 0: p_σ is the kernel itself, the PF-ODE is x ∝ σ, and the
     log-likelihood at σ_min through prior_logp must be the t-density of scale σ_min."""
     likelihood = pytest.importorskip("physgen.sampling.likelihood")
-    from physgen.testing.oracles import pfgmpp_denoiser
+    from physgen_poisson.oracle import pfgmpp_denoiser
 
     N, D = 3, 5.0
     p = PFGMPP(D=D, sigma_data=1.0, sigma_min=0.05, sigma_max=10.0)
@@ -234,7 +234,7 @@ def test_oracle_flow_lands_on_data(D):
     data points. D = 1 (PFGM) has a Cauchy-like prior tail: a draw at R ≫ r_max keeps R/r
     nearly fixed along the flow and is not resolved by σ_min (one of 200 draws, at R = 1.3e5,
     ends ~1 from the data), so there we ask for 95% of the draws."""
-    from physgen.testing.oracles import pfgmpp_denoiser
+    from physgen_poisson.oracle import pfgmpp_denoiser
 
     data = torch.randn(10, 4, generator=gen(11), dtype=F64)
     p = PFGMPP(D=D, sigma_data=1.0)
@@ -248,7 +248,7 @@ def test_oracle_flow_lands_on_data(D):
 
 
 def test_dpmpp_2m_runs_on_the_denoiser_view():
-    from physgen.testing.oracles import pfgmpp_denoiser
+    from physgen_poisson.oracle import pfgmpp_denoiser
 
     data = torch.randn(10, 2, generator=gen(12), dtype=F64)
     net = OracleNet(pfgmpp_denoiser(data, 16.0), 1.0)

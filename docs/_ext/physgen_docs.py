@@ -4,7 +4,7 @@
   it needs, declared order, whether it is stochastic, its NFE rule, default options, plugin.
 * ``{physgen-processes}``: every registered process — name, views, plugin, description.
 * ``{physgen-options} NAME``: the options dataclass of process ``NAME`` — option, default, the
-  one-line comment beside the field (:func:`physgen.core.process.option_docs`).
+  one-line help in the field's metadata (:func:`physgen.core.options.option_docs`).
 * ``{physgen-exports}``: the names ``import physgen`` exports, each linked to where it is
   documented.
 
@@ -167,7 +167,7 @@ class OptionsDirective(_TableDirective):
     required_arguments = 1
 
     def lines(self) -> list[str]:
-        from physgen.core.process import option_docs
+        from physgen.core.options import option_docs
         from physgen.registry import get_registry
         from physgen.sampling import describe_views
 

@@ -21,7 +21,7 @@ from physgen.bench.suite import (
     strs,
     unknown_keys,
 )
-from physgen.errors import ConfigError
+from physgen.errors import ConfigError, PluginError
 
 __all__ = ["with_processes"]
 
@@ -51,10 +51,12 @@ def with_processes(suite: Suite, data: dict[str, Any], samplers: tuple[str, ...]
             spec = _process(label, as_table(tables.get(label, {}), f"process.{label}"), suite)
             _preflight(spec, suite)
             specs.append(spec)
-        except ConfigError as err:
+        except (ConfigError, PluginError) as err:  # a broken plugin is skipped like a misfit
             if not every or label in tables:
                 raise
             notes.append(f"skipped {label}: {err}")
+    if every:  # what "all" leaves out because its plugin did not load
+        notes += [f"plugin {p.name} ({p.package}) not loaded: {p.reason}" for p in reg.broken()]
     specs = _resolve_samplers(specs, samplers, every, notes)
     specs = _resolve_teachers(specs, every, notes)
     if not specs:
@@ -108,6 +110,7 @@ def _preflight(spec: ProcessSpec, suite: Suite) -> None:
     from physgen.api import get_network, get_process
     from physgen.data import load_dataset
     from physgen.errors import PhysgenError
+    from physgen.registry import plugin_call
 
     if spec.teacher is not None or _teacher_kind(spec.name) is not None:
         return
@@ -116,8 +119,8 @@ def _preflight(spec: ProcessSpec, suite: Suite) -> None:
         with torch.random.fork_rng(devices=[]):  # the default init draws from the global RNG
             net = get_network(suite.network, data.event_shape, 0, **suite.network_config)
         process = get_process(spec.name, **spec.options)
-        process.setup(net)
-        with torch.no_grad():
+        with torch.no_grad(), plugin_call(process, "setup and loss"):
+            process.setup(net)
             process.loss(net, data.x, generator=torch.Generator().manual_seed(0))
     except PhysgenError as err:
         raise ConfigError(f"process {spec.label!r}: {err}") from None
@@ -131,9 +134,11 @@ def _teacher_kind(name: str) -> str | None:
 
 
 def _option_names(name: str) -> set[str]:
-    from physgen.registry import get_registry
+    from physgen.registry import get_registry, plugin_call
 
-    return {f.name for f in dataclasses.fields(get_registry().process(name).cls.Options)}
+    reg = get_registry()
+    with plugin_call(reg.plugin_of("processes", name), f"process {name!r} Options"):
+        return {f.name for f in dataclasses.fields(reg.process(name).cls.Options)}
 
 
 def _resolve_samplers(

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from physgen.bench.store import BenchFile, Cell, read_bench
+from physgen.cli.plots import pyplot, running_mean, save_figure, scatter, tile_images
 from physgen.io import atomic_path
 
 __all__ = ["Report", "report"]
@@ -191,32 +192,13 @@ def _md(head: list[str], rows: list[list[str]]) -> str:
 # -- plots -----------------------------------------------------------------------------------
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    plt = _plt()
-    top = 1 - 0.4 / fig.get_size_inches()[1]  # room for the suptitle
-    fig.tight_layout(rect=(0, 0, 1, top))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
-
-
 def _grid(n: int, cols: int) -> tuple[int, int]:
     cols = max(1, min(cols, n))
     return math.ceil(n / cols), cols
 
 
 def _quality_plot(bench: BenchFile, dataset: str, metric: str, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     labels = _labels(bench)
@@ -262,11 +244,11 @@ def _quality_plot(bench: BenchFile, dataset: str, metric: str, out: Path) -> Pat
         ax.set_ylabel(metric)
     better = "lower" if _lower_is_better(metric) else "higher"
     fig.suptitle(f"{metric} vs NFE on {dataset} ({better} is better)", fontsize=11)
-    return _save(fig, out / f"quality-{dataset}-{metric}.png")
+    return save_figure(fig, out / f"quality-{dataset}-{metric}.png", suptitle=True)
 
 
 def _samples_plot(bench: BenchFile, dataset: str, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     labels = _labels(bench)
     budgets = list(bench.config["nfe"])
     seed = bench.config["seeds"][0]
@@ -287,7 +269,7 @@ def _samples_plot(bench: BenchFile, dataset: str, out: Path) -> Path:
             if c == 0:
                 ax.set_ylabel(f"{label}\n{samplers[0]}", fontsize=8)
     fig.suptitle(f"samples on {dataset} (seed {seed}; grey: held-out data)", fontsize=10)
-    return _save(fig, out / f"samples-{dataset}.png")
+    return save_figure(fig, out / f"samples-{dataset}.png", suptitle=True)
 
 
 def _limit(ref: np.ndarray | None) -> float:
@@ -297,23 +279,16 @@ def _limit(ref: np.ndarray | None) -> float:
 
 
 def _draw(ax: Any, x: np.ndarray, ref: np.ndarray | None, lim: float) -> None:
-    if x.ndim == 4 and x.shape[1] in (1, 3):  # images [n, C, H, W]: a 4 × 4 tile
+    if x.ndim == 4:  # images [n, C, H, W]: a 4 × 4 tile
         k = min(4, math.isqrt(len(x)))
-        tiles = np.clip((x[: k * k] + 1) / 2, 0, 1).transpose(0, 2, 3, 1)
-        h, w = tiles.shape[1:3]
-        mosaic = tiles.reshape(k, k, h, w, -1).transpose(0, 2, 1, 3, 4).reshape(k * h, k * w, -1)
-        ax.imshow(mosaic.squeeze(-1) if mosaic.shape[-1] == 1 else mosaic, cmap="gray")
+        ax.imshow(tile_images(x[: k * k], k))
         return
-    s = x.reshape(len(x), -1)
-    if ref is not None:
-        r = ref.reshape(len(ref), -1)
-        ax.scatter(r[:, 0], r[:, 1 % r.shape[1]], s=0.5, c="0.8", rasterized=True)
-    ax.scatter(s[:, 0], s[:, 1 % s.shape[1]], s=0.5, c="C0", rasterized=True)
+    scatter(ax, x, ref, size=0.5)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
 
 
 def _loss_plot(bench: BenchFile, dataset: str, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     seed = bench.config["seeds"][0]
     curves = {
         t.attrs["process"]: t.loss
@@ -325,10 +300,8 @@ def _loss_plot(bench: BenchFile, dataset: str, out: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), dpi=100,
                              sharex=True, squeeze=False)  # fmt: skip
     for ax, label in zip(axes.flat, order, strict=False):
-        v = np.asarray(curves.get(label, []), dtype=np.float64)
-        k = max(1, len(v) // 50)
-        smooth = np.convolve(v, np.ones(k) / k, mode="valid") if len(v) >= k else v
-        ax.plot(np.arange(len(smooth)) + k - 1, smooth, color="C0", lw=1)
+        steps, smooth = running_mean(curves.get(label, []), 50)
+        ax.plot(steps, smooth, color="C0", lw=1)
         if len(smooth) and (smooth > 0).all():
             ax.set_yscale("log")
         ax.set_title(label, fontsize=10)
@@ -338,4 +311,4 @@ def _loss_plot(bench: BenchFile, dataset: str, out: Path) -> Path:
     for ax in axes[-1]:
         ax.set_xlabel("step")
     fig.suptitle(f"training loss on {dataset} (seed {seed}, running mean)", fontsize=11)
-    return _save(fig, out / f"loss-{dataset}.png")
+    return save_figure(fig, out / f"loss-{dataset}.png", suptitle=True)

@@ -34,8 +34,10 @@ from tqdm.auto import tqdm
 
 from physgen.bench import store
 from physgen.bench.suite import ProcessSpec, Suite
-from physgen.errors import CheckpointError, ConfigError, DataError, TrainingError
+from physgen.core.rng import derive_seed
+from physgen.errors import CheckpointError, ConfigError, DataError, PluginError, TrainingError
 from physgen.io.outputs import check_outputs, check_writable, lock_output
+from physgen.registry import process_view
 
 __all__ = ["BenchRun", "run_bench", "steps_for_budget"]
 
@@ -59,10 +61,6 @@ def side_dir(out: Path) -> Path:
     return out.with_suffix("")
 
 
-def _derived_seed(seed: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
-
-
 def steps_for_budget(
     spec: Any, grid: Callable[[int], torch.Tensor], budget: int
 ) -> tuple[int, int]:
@@ -81,7 +79,7 @@ def steps_for_budget(
 
 
 def _view_grid(process: Any, net: Any, view: str) -> Callable[[int], torch.Tensor]:
-    v = process.view(view, net)
+    v = process_view(process, view, net)
     return v.grid if hasattr(v, "grid") else v.sigmas
 
 
@@ -94,13 +92,13 @@ class _Data:
         n, m = suite.n_data, suite.n_samples
         if Path(spec).suffix.lower() not in FILE_SUFFIXES:
             self.train = load_dataset(spec, n, seed=seed)
-            self.reference = load_dataset(spec, m, seed=_derived_seed(seed, 1)).x
-            self.floor = load_dataset(spec, m, seed=_derived_seed(seed, 2)).x
+            self.reference = load_dataset(spec, m, seed=derive_seed(seed, "reference")).x
+            self.floor = load_dataset(spec, m, seed=derive_seed(seed, "floor")).x
             return
         full = load_dataset(spec, n + 2 * m, seed=seed)  # a file: hold out 2m random rows
         if len(full) < 2 * m + 2:
             raise DataError(f"{spec}: {len(full)} rows; bench holds out 2 × n_samples = {2 * m}")
-        g = torch.Generator().manual_seed(_derived_seed(seed, 3))
+        g = torch.Generator().manual_seed(derive_seed(seed, "holdout"))
         perm = torch.randperm(len(full), generator=g)
         self.reference, self.floor = full.x[perm[:m]], full.x[perm[m : 2 * m]]
         self.train = Dataset(full.name, full.x[perm[2 * m :]], info=dict(full.info))
@@ -241,8 +239,13 @@ class _Runner:
         data: _Data | None = None
         label = label_of(spec)
         ref_name = f"{label}.s{seed}"
+        broken: set[str] = set()  # labels whose plugin failed at run time, for this seed
         for p in self.suite.processes:
             run = f"{label}.{p.label}.s{seed}"
+            if p.teacher in broken:
+                self.note(f"skipped {run}: its teacher {p.teacher!r} failed")
+                broken.add(p.label)
+                continue
             cells = [(s, b) for s in p.samplers for b in self.suite.nfe]
             todo = [(s, b) for s, b in cells if f"{run}.{s}.nfe{b}" not in self.done.cells]
             self.result.reused += len(cells) - len(todo)
@@ -252,9 +255,13 @@ class _Runner:
             data = data or _Data(spec, self.suite, seed)
             if ref_name not in self.done.references:
                 self._reference(ref_name, label, seed, data)
-            ckpt = self._trained(p, run, label, seed, data)
-            if ckpt is not None:
-                self._sample(p, run, label, seed, ckpt, todo, data.reference)
+            try:
+                ckpt = self._trained(p, run, label, seed, data)
+                if ckpt is not None:
+                    self._sample(p, run, label, seed, ckpt, todo, data.reference)
+            except PluginError as err:  # one broken plugin is reported; the others still run
+                self.note(f"skipped {run}: {err}")
+                broken.add(p.label)
 
     def _reference(self, name: str, label: str, seed: int, data: _Data) -> None:
         floor = self._metrics(data.floor, data.reference, seed)
@@ -343,12 +350,13 @@ class _Runner:
     def _reflow_pairs(self, run: str, teacher: Path, seed: int) -> Path:
         """The reflow pairs ``(z, ODE(z))`` of ``teacher`` for ``run`` (Liu et al. 2023),
         generated once (dopri5) and written atomically beside the checkpoints."""
-        from physgen.sampling.reflow import PAIRS_SEED_OFFSET, reflow_dataset
+        from physgen.sampling.reflow import PAIRS_STREAM, reflow_dataset
 
         path = self.ckpt_dir / f"{run}.{self.tag}.pairs.npz"
         if not path.is_file():
             _record(self.ckpt_dir, path)
-            reflow_dataset(teacher, self.suite.n_data, seed=seed + PAIRS_SEED_OFFSET, out_path=path,
+            reflow_dataset(teacher, self.suite.n_data, seed=derive_seed(seed, PAIRS_STREAM),
+                           out_path=path,
                            device=self.device)  # fmt: skip
         return path
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from physgen.core.options import typed_options
 from physgen.errors import ConfigError
 from physgen.training.config import TrainConfig, config_from
 
@@ -257,11 +258,7 @@ def _parse(data: dict[str, Any]) -> Suite:
     if not isinstance(net_name, str):
         raise ConfigError(f"network.name must be a string, got {net_name!r}")
     net_config = as_table(network.get("config", {}), "network.config")
-    entry = reg.network(net_name)
-    for key in net_config:
-        if key not in entry.config:
-            known = ", ".join(entry.config) or "none"
-            raise ConfigError(f"network.config: {net_name!r} has no option {key!r} ({known})")
+    typed_options(f"network.config: {net_name!r}", net_config, reg.network(net_name).config)
     suite = Suite(
         datasets=datasets,
         nfe=_ints(data.get("nfe", list(d.nfe)), "nfe", 1),

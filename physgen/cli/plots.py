@@ -1,22 +1,96 @@
-"""Plots people would rather look at than read: sample scatters/grids and loss curves."""
+"""Plots people would rather look at than read: sample scatters/grids and loss curves.
+
+The one plotting module: ``physgen train`` and ``physgen sample`` call the ``plot_*`` functions,
+and the bench report (:mod:`physgen.bench.report`) builds its panels from the same pieces
+(:func:`pyplot`, :func:`save_figure`, :func:`running_mean`, :func:`tile_images`,
+:func:`scatter`). Every file is written atomically.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from physgen.io import atomic_path
 
+__all__ = [
+    "plot_curves",
+    "plot_image_grid",
+    "plot_samples",
+    "pyplot",
+    "running_mean",
+    "save_figure",
+    "scatter",
+    "tile_images",
+]
 
-def _figure():
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(
+    fig: Any, path: str | Path, *, overwrite: bool = True, suptitle: bool = False
+) -> Path:
+    """Lay out ``fig`` (leaving room for a suptitle when ``suptitle``), write it as PNG
+    atomically and close it."""
+    if suptitle:
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_size_inches()[1]))
+    else:
+        fig.tight_layout()
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png")
+    pyplot().close(fig)
+    return Path(path)
+
+
+def running_mean(
+    values: Sequence[float] | np.ndarray, points: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, mean)``: the running mean of ``values`` over windows of ``len // points`` (at
+    least 1), each placed at the index of its window's last value."""
+    v = np.asarray(values, dtype=np.float64)
+    k = max(1, len(v) // points)
+    smooth = np.convolve(v, np.ones(k) / k, mode="valid") if k > 1 else v
+    return np.arange(len(smooth)) + k - 1, smooth
+
+
+def tile_images(
+    images: np.ndarray, cols: int, *, low: float = -1.0, high: float = 1.0, gap: int = 1
+) -> np.ndarray:
+    """Images ``[n, C, H, W]`` (C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; alpha is dropped;
+    values in ``[low, high]``, clipped) tiled ``cols`` wide on white with a ``gap``-pixel
+    border: an RGB array ``[rows (H + gap) + gap, cols (W + gap) + gap, 3]`` in ``[0, 1]``."""
+    n, c, h, w = images.shape
+    if c not in (1, 2, 3, 4):
+        raise ValueError(f"image grid needs 1 to 4 channels, got {c}")
+    colour = images[:, :3] if c >= 3 else images[:, :1]  # drop alpha
+    rows = int(np.ceil(n / cols))
+    grid = np.ones((rows * (h + gap) + gap, cols * (w + gap) + gap, 3))
+    tiles = np.clip((colour - low) / (high - low), 0, 1).transpose(0, 2, 3, 1)
+    for i, tile in enumerate(tiles):
+        r, q = divmod(i, cols)
+        top, left = gap + r * (h + gap), gap + q * (w + gap)
+        grid[top : top + h, left : left + w] = tile
+    return grid
+
+
+def scatter(ax: Any, samples: np.ndarray, reference: np.ndarray | None, *, size: float) -> None:
+    """Samples (first two coordinates) in blue over reference data in grey."""
+    if reference is not None:
+        r = reference.reshape(len(reference), -1)
+        ax.scatter(r[:, 0], r[:, 1 % r.shape[1]], s=size, c="0.75", label="data", rasterized=True)
+    s = samples.reshape(len(samples), -1)
+    ax.scatter(s[:, 0], s[:, 1 % s.shape[1]], s=size, c="C0", label="samples", rasterized=True)
 
 
 def plot_samples(
@@ -28,20 +102,16 @@ def plot_samples(
     overwrite: bool = True,
 ) -> Path:
     """A scatter of 2-D samples (with reference data in grey), or of the first two
-    coordinates of higher-dimensional vectors. Written atomically."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    coordinates of higher-dimensional vectors."""
+    fig, ax = pyplot().subplots(figsize=(5, 5), dpi=110)
+    scatter(ax, samples, reference, size=2)
     s = samples.reshape(len(samples), -1)
-    if reference is not None:
-        r = reference.reshape(len(reference), -1)
-        ax.scatter(r[:, 0], r[:, 1 % r.shape[1]], s=2, c="0.75", label="data", rasterized=True)
-    ax.scatter(s[:, 0], s[:, 1 % s.shape[1]], s=2, c="C0", label="samples", rasterized=True)
     lim = np.quantile(np.abs(s[:, :2]), 0.995) * 1.15 if len(s) else 1.0
     if reference is not None:
         lim = max(lim, np.quantile(np.abs(reference.reshape(len(reference), -1)[:, :2]), 0.995))
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=title)
     ax.legend(loc="upper right", markerscale=4, fontsize=8)
-    return _save(fig, plt, path, overwrite)
+    return save_figure(fig, path, overwrite=overwrite)
 
 
 def plot_image_grid(
@@ -53,24 +123,14 @@ def plot_image_grid(
     high: float = 1.0,
     overwrite: bool = True,
 ) -> Path:
-    """Images ``[n, C, H, W]`` (values in ``[low, high]``, clipped) tiled into one PNG grid
-    with a 1-pixel gap, small images enlarged (nearest) to ≥ 32 pixels a side. C = 1 (gray),
-    2 (gray + alpha), 3 (RGB) or 4 (RGBA); alpha is composited over white. Written
-    atomically."""
-    plt = _figure()
-    images = _rgb(np.clip((images - low) / (high - low), 0, 1))
+    """Images ``[n, C, H, W]`` (see :func:`tile_images`) tiled into one PNG grid with a
+    1-pixel gap, small images enlarged (nearest) to ≥ 32 pixels a side."""
     n, _, h, w = images.shape
-    cols = ncols or max(1, int(np.ceil(np.sqrt(n))))
-    rows = int(np.ceil(n / cols))
-    grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, 3))
-    tiles = images.transpose(0, 2, 3, 1)
-    for i, tile in enumerate(tiles):
-        r, q = divmod(i, cols)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = tile
+    grid = tile_images(images, ncols or max(1, int(np.ceil(np.sqrt(n)))), low=low, high=high)
     zoom = max(1, 32 // max(h, w))
     grid = grid.repeat(zoom, 0).repeat(zoom, 1)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        plt.imsave(tmp, grid, format="png")
+        pyplot().imsave(tmp, grid, format="png")
     return Path(path)
 
 
@@ -98,25 +158,13 @@ def plot_curves(
     title: str = "",
     overwrite: bool = True,
 ) -> Path:
-    """Line plot of named curves (a loss curve is smoothed with a running mean)."""
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    """Line plot of named curves (each smoothed by a running mean over 1/100 of its length)."""
+    fig, ax = pyplot().subplots(figsize=(6, 4), dpi=110)
     for name, values in curves.items():
-        v = np.asarray(values, dtype=np.float64)
-        k = max(1, len(v) // 100)
-        smooth = np.convolve(v, np.ones(k) / k, mode="valid") if k > 1 else v
-        ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=name)
+        ax.plot(*running_mean(values, 100), label=name)
     if logy:
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if len(curves) > 1:
         ax.legend()
-    return _save(fig, plt, path, overwrite)
-
-
-def _save(fig, plt, path: str | Path, overwrite: bool) -> Path:
-    fig.tight_layout()
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, overwrite=overwrite)

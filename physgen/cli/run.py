@@ -12,9 +12,11 @@ import torch
 
 from physgen.api import get_network, get_process, load_checkpoint
 from physgen.cli.plots import plot_curves, plot_image_grid, plot_samples
+from physgen.core.rng import derive_seed
 from physgen.data import load_dataset
 from physgen.io import RunWriter, add_metrics, read_checkpoint_meta
 from physgen.io.outputs import check_writable, claim_outputs
+from physgen.registry import process_view
 
 
 def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
@@ -149,7 +151,7 @@ def _reflow_pairs(
     """The run's reflow pair file (Liu et al. 2023): ``n`` pairs ``(z, ODE(z))`` from the
     ``teacher`` checkpoint, written once; a resumed run trains on the file it already has."""
     from physgen.errors import ConfigError
-    from physgen.sampling.reflow import PAIRS_SEED_OFFSET, reflow_dataset
+    from physgen.sampling.reflow import PAIRS_STREAM, reflow_dataset
 
     if "pairs" not in process.options_dict():
         raise ConfigError(
@@ -160,7 +162,7 @@ def _reflow_pairs(
     if resume and path.exists():
         return path
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed += PAIRS_SEED_OFFSET  # a stream apart from the student's training noise
+    seed = derive_seed(seed, PAIRS_STREAM)  # a stream apart from the student's training noise
     reflow_dataset(
         teacher, n, sampler=sampler, seed=seed, out_path=path, device=device, progress=progress
     )
@@ -329,8 +331,9 @@ def _set_metrics(
     gen = torch.Generator().manual_seed(seed)
     scores = {name: float(reg.metric(name).fn(x, reference, generator=gen))
               for name in ("sliced_w2", "mmd2_unbiased")}  # fmt: skip
-    prior = ckpt.process.view(spec.view, ckpt.ema).prior(
-        (len(x), *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
+    prior = process_view(ckpt.process, spec.view, ckpt.ema).prior(
+        (len(x), *ckpt.event_shape),
+        generator=torch.Generator().manual_seed(derive_seed(seed, "prior")),
     )
     if ckpt.latent is not None:
         prior = _decode(ckpt.latent, prior.to(device), batch_size).float().cpu()
@@ -384,10 +387,10 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device, progress: bool) -> 
             "--nll: a latent-mode model has no data-space likelihood (its autoencoder is not "
             "invertible, so the ODE's density is over latents)"
         )
-    data = _reference(ckpt.meta, n, seed + 1)
+    data = _reference(ckpt.meta, n, derive_seed(seed, "nll"))
     if data is None:
         raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")
-    view = ckpt.process.view("ode", ckpt.ema)
+    view = process_view(ckpt.process, "ode", ckpt.ema)
     if view.prior_logp is None:
         raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
     return nll(view, data.to(device), divergence="exact", progress=progress).as_dict()
@@ -412,7 +415,7 @@ def _straightness(
     from physgen.sampling.reflow import straightness
 
     guided = GuidedNet(ckpt.ema, guidance, guidance_interval)
-    view = ckpt.process.view("ode", guided, None if cond is None else cond.to(device))
+    view = process_view(ckpt.process, "ode", guided, None if cond is None else cond.to(device))
     view = dataclasses.replace(view, field=guided.timed(view.field))
     gen = StackedGenerator.for_samples(seed, 0, n, device)
     x0 = view.prior((n, *ckpt.event_shape), generator=gen, device=device, dtype=torch.float32)
@@ -434,7 +437,7 @@ def _reference(meta: dict[str, Any], n: int, seed: int) -> torch.Tensor | None:
     if not name:
         return None
     try:
-        data = load_dataset(name, n, seed=seed + 10_007)
+        data = load_dataset(name, n, seed=derive_seed(seed, "reference"))
     except PhysgenError:
         return None
     return data.x.float()

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from physgen.core.options import convert_value, option_docs, parse_options
 from physgen.core.rng import Generator, randn
 from physgen.errors import ConfigError
 
@@ -209,75 +210,13 @@ View = ODEView | DenoiserView | ScoreView | ConsistencyView
 # --------------------------------------------------------------------------------------
 
 
-def parse_options(options_cls: type, values: dict[str, Any], *, owner: str) -> Any:
-    """Build an options dataclass from a mapping of (possibly string) values.
-
-    Strings are converted to the field's declared type (``"inf"`` → ``math.inf``,
-    ``"true"``/``"false"`` → bool), so ``-o D=128`` on the command line and ``D=128`` in Python
-    mean the same. Unknown names and unconvertible values are one-line :class:`ConfigError`.
-    """
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    kwargs: dict[str, Any] = {}
-    for name, raw in values.items():
-        if name not in fields:
-            known = ", ".join(fields) or "none"
-            raise ConfigError(f"{owner} has no option {name!r} (options: {known})")
-        default = fields[name].default
-        kwargs[name] = convert_value(raw, default, name=name, owner=owner)
-    try:
-        return options_cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{owner}: {err}") from None
-
-
-def option_docs(options_cls: type) -> dict[str, str]:
-    """The one-line comment after each field of an options dataclass, by field name.
-
-    Options are documented the way the style guide asks (``name: type = default  # doc``);
-    this reads those comments back from the source so ``physgen plugins`` can show them.
-    """
-    import inspect
-    import re
-
-    pattern = re.compile(r"^\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+?)\s*$")
-    docs: dict[str, str] = {}
-    for cls in reversed(options_cls.__mro__):  # subclasses' comments win
-        try:
-            source = inspect.getsource(cls)
-        except (OSError, TypeError):
-            continue
-        docs.update({m.group(1): m.group(2) for m in map(pattern.match, source.splitlines()) if m})
-    return docs
-
-
-def convert_value(raw: Any, default: Any, *, name: str, owner: str) -> Any:
-    """Convert a string ``raw`` to the type of ``default`` (bool, int, float); other values
-    pass through. A bad string is a one-line :class:`ConfigError`."""
-    if not isinstance(raw, str) or isinstance(default, str) or default is None:
-        return raw
-    try:
-        if isinstance(default, bool):
-            low = raw.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return low in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        kind = type(default).__name__
-        raise ConfigError(f"{owner}: option {name}={raw!r} is not a valid {kind}") from None
-    return raw
-
-
 class Process(nn.Module):
     """Base class of every generative process.
 
-    Subclasses set ``Options`` to a frozen dataclass (fields with defaults, plain
-    JSON-serialisable values, a one-line comment each), implement :meth:`loss` and
-    :meth:`noise_label`, and implement the view methods their math allows — ``ode``,
-    ``denoiser``, ``score``, ``consistency`` — each ``(net, cond=None) -> View``.
+    Subclasses set ``Options`` to a frozen dataclass (plain JSON-serialisable values, each
+    field declared with :func:`~physgen.core.options.option`: default and help), implement
+    :meth:`loss` and :meth:`noise_label`, and implement the view methods their math allows —
+    ``ode``, ``denoiser``, ``score``, ``consistency`` — each ``(net, cond=None) -> View``.
 
     A process is an ``nn.Module`` so that training state it owns (a consistency target
     network, a distillation teacher) is saved, moved and checkpointed with the rest; most

@@ -221,9 +221,15 @@ def load_dataset(spec: str, n: int, *, seed: int = 0, **options: Any) -> Dataset
     registry = get_registry()
     spec = str(check_path("spec", spec))
     if spec in registry.names("datasets") or spec in registry.conflicts("datasets"):
+        from physgen.registry import plugin_call
+
         loader = registry.dataset(spec).loader
-        options = _check_options(f"dataset {spec!r}", loader, options)
-        return loader(n, seed=seed, **options)
+        with plugin_call(registry.plugin_of("datasets", spec), f"dataset {spec!r}") as call:
+            options = _check_options(f"dataset {spec!r}", loader, options)
+            data = loader(n, seed=seed, **options)
+            if not isinstance(data, Dataset):
+                raise call.error(f"returned {type(data).__name__}, expected physgen.data.Dataset")
+        return data
     if Path(spec).suffix.lower() in FILE_SUFFIXES:
         from physgen.data.files import load_file
 
@@ -245,7 +251,7 @@ def _check_options(what: str, loader: Any, options: dict[str, Any]) -> dict[str,
     """``options`` checked against ``loader``'s keyword parameters (an unknown one is a
     one-line ConfigError naming those accepted), strings converted to the type of each
     parameter's default (``flip=true`` from the command line)."""
-    from physgen.core.process import convert_value
+    from physgen.core.options import typed_options
 
     try:
         params = inspect.signature(loader).parameters.values()
@@ -254,16 +260,10 @@ def _check_options(what: str, loader: Any, options: dict[str, Any]) -> dict[str,
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return options
     named = [p for p in list(params)[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    accepted = {p.name: p.default for p in named if p.name != "seed"}
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        takes = ", ".join(accepted) or "none"
-        raise ConfigError(f"{what} has no option {', '.join(unknown)} (options: {takes})")
-    return {
-        k: convert_value(v, None if accepted[k] is inspect.Parameter.empty else accepted[k],
-                         name=k, owner=what)
-        for k, v in options.items()
-    }  # fmt: skip
+    empty = inspect.Parameter.empty
+    accepted = {p.name: None if p.default is empty else p.default for p in named}
+    accepted.pop("seed", None)
+    return typed_options(what, options, accepted)
 
 
 # toy2d and images build Datasets, so they are imported once Dataset exists.

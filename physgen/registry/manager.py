@@ -1,16 +1,21 @@
 """Plugin discovery: entry points in the ``physgen`` group, each loaded in isolation.
 
 pluggy's ``load_setuptools_entrypoints`` stops at the first plugin that fails to import, and a
-hook call stops at the first implementation that raises. Here every entry point is imported on
-its own and every implementation is called on its own: a broken plugin is recorded with its
-name, package and reason, and the rest keep working. Two plugins claiming one name make that
-name unavailable, with an error naming both.
+hook call (``pm.hook.physgen_processes()``) stops at the first implementation that raises. Here
+every entry point is imported on its own, registered with the pluggy plugin manager, and each
+of its :class:`pluggy.HookImpl` s is called on its own under a
+:class:`~physgen.registry.isolation.LoadGuard`: a broken plugin is recorded with its name,
+package and reason, and the rest keep working. Two plugins claiming one name make that name
+unavailable, with an error naming both. The callables an entry hands out (a sampler, its NFE
+rule, a metric, a coupling factory) are wrapped by :func:`~physgen.registry.isolation.isolated`,
+so a failure at run time names the plugin too.
 
 ``PHYSGEN_DISABLE_PLUGINS=name1,name2`` skips the named entry points.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import os
 from collections.abc import Callable, Iterable
@@ -21,6 +26,7 @@ import pluggy
 
 from physgen.errors import ConfigError, PluginError
 from physgen.registry import hookspecs
+from physgen.registry.isolation import LoadGuard, first_line, isolated
 
 if TYPE_CHECKING:
     from physgen.core.process import Process
@@ -131,6 +137,20 @@ class _Claim:
     plugin: PluginInfo
 
 
+class _Manager(pluggy.PluginManager):
+    """pluggy's manager, also taking an undecorated function named like a hook (as pytest
+    takes ``pytest_*``), so a plain module or object with ``physgen_processes`` is a plugin."""
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in _HOOKS and callable(getattr(plugin, name, None)):
+            return {}
+        return opts
+
+
+_HOOKS = {hook for hook, _ in KINDS.values()}
+
+
 class Registry:
     """Everything the installed plugins provide, by kind and name."""
 
@@ -141,7 +161,7 @@ class Registry:
         entry_points: bool = True,
         disabled: Iterable[str] | None = None,
     ):
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm = _Manager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.plugins: list[PluginInfo] = []
         self._entries: dict[str, dict[str, _Claim]] = {kind: {} for kind in KINDS}
@@ -162,10 +182,10 @@ class Registry:
         if ep.name in self.disabled:
             self.plugins.append(PluginInfo(ep.name, package, False, f"disabled by {DISABLE_ENV}"))
             return
-        try:
+        with LoadGuard() as guard:  # any import failure is the plugin's, not ours
             obj = ep.load()
-        except Exception as err:  # any import failure is the plugin's, not ours
-            self.plugins.append(PluginInfo(ep.name, package, False, _reason(err)))
+        if guard.error is not None:
+            self.plugins.append(PluginInfo(ep.name, package, False, first_line(guard.error)))
             return
         self._add(ep.name, package, obj)
 
@@ -174,28 +194,40 @@ class Registry:
         self.plugins.append(info)
         try:
             self.pm.register(obj, name=name)
-        except Exception as err:
-            info.ok, info.reason = False, _reason(err)
+        except Exception as err:  # pluggy's validation: a hook with the wrong arguments
+            info.ok, info.reason = False, first_line(err)
             return
+        callers = self.pm.get_hookcallers(obj) or []
+        for caller in callers:
+            if caller.spec is None:  # a @hookimpl that names no physgen hook (a typo)
+                self._broken(info, f"{caller.name}: no such hook (hooks: {', '.join(_HOOKS)})")
         for kind, (hook_name, entry_type) in KINDS.items():
-            impl = getattr(obj, hook_name, None)
-            if impl is None:
-                continue
-            try:
-                entries = list(impl())
-                want = entry_type()
-                for e in entries:
-                    if not isinstance(e, want):
-                        raise TypeError(
-                            f"{hook_name} returned {type(e).__name__}, expected {want.__name__}"
-                        )
-            except Exception as err:
-                info.ok = False
-                reason = f"{hook_name}: {_reason(err)}"
-                info.reason = f"{info.reason}; {reason}" if info.reason else reason
-                continue
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin is obj:
+                    self._call(kind, hook_name, entry_type(), impl, info)
+
+    def _call(
+        self, kind: str, hook_name: str, want: type, impl: pluggy.HookImpl, info: PluginInfo
+    ) -> None:
+        """Call one plugin's implementation of one hook; claim the entries it returns."""
+        with LoadGuard() as guard:
+            entries: list[Any] = list(impl.function())  # type: ignore[call-overload]
             for e in entries:
-                self._claim(kind, e, info)
+                if not isinstance(e, want):
+                    raise TypeError(
+                        f"{hook_name} returned {type(e).__name__}, expected {want.__name__}"
+                    )
+        if guard.error is not None:
+            self._broken(info, f"{hook_name}: {first_line(guard.error)}")
+            return
+        for e in entries:
+            self._claim(kind, _isolate(kind, e, info), info)
+
+    @staticmethod
+    def _broken(info: PluginInfo, reason: str) -> None:
+        info.ok = False
+        info.reason = f"{info.reason}; {reason}" if info.reason else reason
 
     def _claim(self, kind: str, entry: Any, plugin: PluginInfo) -> None:
         name = entry.name
@@ -231,7 +263,9 @@ class Registry:
             who = " and ".join(f"{p.name} ({p.package})" for p in claimants)
             raise PluginError(f"{singular} {name!r} is claimed by more than one plugin: {who}")
         known = ", ".join(self.names(kind)) or "none installed"
-        raise ConfigError(f"unknown {singular} {name!r} (available: {known})")
+        failed = [f"{p.name} ({p.package}): {p.reason}" for p in self.broken() if p.reason]
+        hint = f"; broken plugins: {'; '.join(failed)}" if failed else ""
+        raise ConfigError(f"unknown {singular} {name!r} (available: {known}){hint}")
 
     def plugin_of(self, kind: str, name: str) -> PluginInfo:
         self.get(kind, name)
@@ -258,10 +292,34 @@ class Registry:
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins if not p.ok]
 
+    def provider(self, kind: str, obj: Any) -> tuple[str, PluginInfo] | None:
+        """``(name, plugin)`` of the registered entry ``obj`` is an instance of (a process by
+        its ``registry_name``, else by its class), or None when no plugin provides it."""
+        cls = type(obj)
+        name = getattr(obj, "registry_name", None)
+        claim = self._entries[kind].get(name) if isinstance(name, str) else None
+        if claim is not None and getattr(claim.entry, "cls", None) is cls:
+            return name, claim.plugin  # type: ignore[return-value]
+        for entry_name, c in sorted(self._entries[kind].items()):
+            if getattr(c.entry, "cls", None) is cls:
+                return entry_name, c.plugin
+        return None
 
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+#: the callable fields of each kind's entries that run plugin code when physgen calls them
+#: (networks and datasets are called, and their results checked, where they are built)
+_CALLABLES = {"samplers": ("fn", "nfe"), "metrics": ("fn",), "couplings": ("factory",)}
+
+
+def _isolate(kind: str, entry: Any, info: PluginInfo) -> Any:
+    """``entry`` with each of its plugin callables under :func:`isolated`."""
+    what = f"{_SINGULAR[kind]} {entry.name!r}"
+    changes = {
+        f: isolated(getattr(entry, f), info, what if f != "nfe" else f"{what} NFE rule")
+        for f in _CALLABLES.get(kind, ())
+        if getattr(entry, f, None) is not None
+    }
+    return dataclasses.replace(entry, **changes) if changes else entry
 
 
 _REGISTRY: Registry | None = None

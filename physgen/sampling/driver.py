@@ -22,7 +22,7 @@ from physgen.core.process import (
 )
 from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
-from physgen.registry import Registry, get_registry
+from physgen.registry import Registry, get_registry, process_view
 from physgen.sampling.guidance import Classifier, GuidedNet, classifier_guided
 from physgen.solvers import Sampler
 from physgen.solvers.grids import regrid
@@ -205,8 +205,8 @@ def _view(process: Process, kind: str, net: Backbone, cond: Tensor | None, clip:
     """The view ``kind`` of ``process``; with ``clip > 0`` its denoiser clamped to [−clip, clip]
     (for an ode view of a Gaussian process: the PF-ODE of the clamped denoiser, EDM eq. 3)."""
     if not clip:
-        return process.view(kind, net, cond)
-    base = process.view("denoiser" if kind == "ode" else kind, net, cond)
+        return process_view(process, kind, net, cond)
+    base = process_view(process, "denoiser" if kind == "ode" else kind, net, cond)
     assert isinstance(base, DenoiserView)
     denoise = base.denoise
     clipped = dataclasses.replace(base, denoise=lambda x, s: denoise(x, s).clamp(-clip, clip))

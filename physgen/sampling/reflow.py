@@ -36,9 +36,10 @@ from tqdm.auto import tqdm
 from physgen.core.process import ODEView, PriorFn, Process
 from physgen.core.rng import StackedGenerator, randn
 from physgen.errors import ConfigError, DataError
+from physgen.registry import process_view
 
 __all__ = [
-    "PAIRS_SEED_OFFSET",
+    "PAIRS_STREAM",
     "Pairs",
     "gaussian_scale",
     "generate_pairs",
@@ -49,9 +50,9 @@ __all__ = [
     "write_pairs",
 ]
 
-#: Offset of the reflow pairs' seed from the student's run seed, so that the student's training
-#: noise does not replay the noise its pairs were integrated from.
-PAIRS_SEED_OFFSET = 1_000_003
+#: The :func:`~physgen.core.rng.derive_seed` key of the reflow pairs' seed in the student's run,
+#: so that the student's training noise does not replay the noise its pairs were integrated from.
+PAIRS_STREAM = "reflow_pairs"
 #: ``z_law`` values: ``z ~ N(0, I)``, or ``z`` is the teacher's prior state as drawn
 Z_LAWS = ("standard_normal", "teacher_prior")
 _SUFFIXES = (".npz", ".h5", ".hdf5")
@@ -85,7 +86,7 @@ def _generate(
     spec = resolve_sampler(process, sampler)
     if spec.stochastic:
         raise ConfigError(f"reflow needs a deterministic sampler; {sampler!r} injects noise")
-    view: Any = process.view(spec.view, net)
+    view: Any = process_view(process, spec.view, net)
     scale = gaussian_scale(view.prior, tuple(event_shape))
     if scale is None and spec.view != "ode":
         raise ConfigError(

@@ -41,7 +41,8 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
-from physgen.core.process import convert_value, karras_sigmas
+from physgen.core.options import typed_options
+from physgen.core.process import karras_sigmas
 from physgen.errors import ConfigError
 
 __all__ = [
@@ -243,13 +244,7 @@ def regrid(grid: Tensor, name: str, **options: Any) -> Tensor:
     (σ_max) and its last non-zero value (σ_min), ending at 0 if ``grid`` does. ``options``
     may be strings (``rho="5"``); they are converted to the option's type. float64, on the
     device of ``grid``."""
-    defaults = schedule_defaults(name)
-    unknown = set(options) - set(defaults)
-    if unknown:
-        known = ", ".join(defaults) or "none"
-        raise ConfigError(f"schedule {name!r} has no option {sorted(unknown)[0]!r} ({known})")
-    owner = f"schedule {name!r}"
-    kwargs = {k: convert_value(v, defaults[k], name=k, owner=owner) for k, v in options.items()}
+    kwargs = typed_options(f"schedule {name!r}", options, schedule_defaults(name))
     if grid.ndim != 1 or grid.shape[0] < 2 or not bool((grid[:-1] > grid[1:]).all()):
         raise ConfigError("a schedule replaces a decreasing σ-grid of ≥ 2 values")
     ends_at_zero = bool(grid[-1] == 0)

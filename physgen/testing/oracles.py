@@ -5,10 +5,11 @@ the same prior draw is discretisation error alone (math.md §6).
 
 * :class:`GaussianMixture` — isotropic mixture ``Σ_k w_k N(μ_k, s_k² I)`` with its exact
   density, denoiser ``D(x; σ) = E[y | y + σ n = x]`` and score (EDM frame, math.md §1, §6).
-* :func:`empirical_denoiser`, :func:`pfgmpp_denoiser`, :func:`flow_matching_velocity` —
-  posterior means over a finite data set ``{y_j}`` under the Gaussian kernel (diffusion), the
-  PFGM++ kernel (Xu et al. 2023, "PFGM++") and the linear flow-matching path (Lipman et al.
-  2023). They hold a ``[B, M]`` table of squared distances per call.
+* :func:`empirical_denoiser` — the posterior mean over a finite data set ``{y_j}`` under the
+  Gaussian kernel (diffusion); it holds a ``[B, M]`` table of squared distances per call. The
+  building blocks (:func:`sq_dists`, :func:`gaussian_log_weights`, :func:`weighted_mean`) serve
+  the process-specific oracles, which live with their plugins (``physgen_poisson.oracle``:
+  PFGM++; ``physgen_flow.oracle``: flow matching).
 * :func:`gaussian_flow` — the exact PF-ODE flow map for Gaussian data (math.md §8).
 
 Shapes: ``x`` is ``[B, *event]`` with ``prod(event) = N``; ``sigma`` and ``t`` are 0-dim or
@@ -29,16 +30,18 @@ from physgen.errors import ConfigError
 __all__ = [
     "GaussianMixture",
     "empirical_denoiser",
-    "flow_matching_velocity",
     "gaussian_flow",
-    "pfgmpp_denoiser",
+    "gaussian_log_weights",
+    "per_example",
+    "sq_dists",
+    "weighted_mean",
 ]
 
 #: elements of the ``[B, chunk, N]`` difference tensor built at once by the finite-set oracles
 _CHUNK_ELEMENTS = 2**24
 
 
-def _per_example(v: Tensor | float, x: Tensor) -> Tensor:
+def per_example(v: Tensor | float, x: Tensor) -> Tensor:
     """σ or t as ``[B]`` in the dtype of ``x`` (a float is converted straight to that dtype,
     never through float32)."""
     return as_time(torch.as_tensor(v, dtype=x.dtype, device=x.device), x)
@@ -132,7 +135,7 @@ class GaussianMixture:
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """``∇ log p_σ(x)`` of the mixture smoothed by ``N(0, σ² I)`` (finite at σ = 0):
         ``−Σ_k γ_k (x − μ_k) / (s_k² + σ²)`` (math.md §6)."""
-        sigma = _per_example(sigma, x)
+        sigma = per_example(sigma, x)
         logits, diff, var = self._log_joint(x, sigma)
         gamma = torch.softmax(logits, dim=1)  # responsibilities γ_k(x), [B, K]
         score = -torch.einsum("bk,bkn->bn", gamma / var, diff)
@@ -141,7 +144,7 @@ class GaussianMixture:
     def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """``D(x; σ) = Σ_k γ_k (μ_k + s_k²/(s_k² + σ²) (x − μ_k))`` (math.md §6), written as
         Tweedie's ``x + σ² ∇ log p_σ(x)`` so that σ = 0 returns ``x`` exactly."""
-        sigma = _per_example(sigma, x)
+        sigma = per_example(sigma, x)
         return x + append_dims(sigma**2, x.ndim) * self.score(x, sigma)
 
     def _log_joint(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -158,11 +161,11 @@ class GaussianMixture:
 
 
 # --------------------------------------------------------------------------------------
-# Finite data sets: posterior means under three kernels (math.md §6).
+# Finite data sets: the Gaussian posterior mean and the pieces of the plugins' oracles.
 # --------------------------------------------------------------------------------------
 
 
-def _sq_dists(x: Tensor, data: Tensor, scale: Tensor) -> Tensor:
+def sq_dists(x: Tensor, data: Tensor, scale: Tensor) -> Tensor:
     """``||x_b − scale_b y_j||²`` ``[B, M]``, from explicit differences (the expansion
     ``|x|² + |y|² − 2 x·y`` cancels catastrophically at small σ), chunked over the data."""
     x = x.flatten(1)
@@ -178,13 +181,13 @@ def _sq_dists(x: Tensor, data: Tensor, scale: Tensor) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
-def _weighted_mean(log_w: Tensor, data: Tensor, like: Tensor) -> Tensor:
+def weighted_mean(log_w: Tensor, data: Tensor, like: Tensor) -> Tensor:
     """``Σ_j softmax(log_w)_j y_j``, shaped like ``like``."""
     w = torch.softmax(log_w, dim=1)
     return (w @ data.to(like).flatten(1)).reshape(like.shape)
 
 
-def _gaussian_log_weights(sq: Tensor, sigma: Tensor) -> Tensor:
+def gaussian_log_weights(sq: Tensor, sigma: Tensor) -> Tensor:
     """``−(||x − y_j||² − min_j) / (2σ²)``: shifting by the nearest distance keeps σ → 0
     finite (the nearest point gets weight 1)."""
     var = (sigma**2).clamp_min(torch.finfo(sq.dtype).tiny)
@@ -197,57 +200,11 @@ def empirical_denoiser(data: Tensor) -> Callable[[Tensor, Tensor | float], Tenso
     the nearest data point."""
 
     def denoise(x: Tensor, sigma: Tensor | float) -> Tensor:
-        sigma = _per_example(sigma, x)
-        sq = _sq_dists(x, data, torch.ones_like(sigma))
-        return _weighted_mean(_gaussian_log_weights(sq, sigma), data, x)
+        sigma = per_example(sigma, x)
+        sq = sq_dists(x, data, torch.ones_like(sigma))
+        return weighted_mean(gaussian_log_weights(sq, sigma), data, x)
 
     return denoise
-
-
-def pfgmpp_denoiser(data: Tensor, D: float) -> Callable[[Tensor, Tensor | float], Tensor]:
-    """The exact PFGM++ posterior mean of the empirical distribution of ``data``: weights
-    ``∝ (||x − y_j||² + r²)^(−(N+D)/2)`` with ``r = σ √D`` (the PFGM++ perturbation kernel
-    and its alignment with diffusion, Xu et al. 2023; math.md §2). ``D = inf`` is the
-    Gaussian :func:`empirical_denoiser`; σ = 0 gives weights ``∝ ||x − y_j||^(−(N+D))``."""
-    if not D > 0:
-        raise ConfigError(f"pfgmpp_denoiser needs D > 0, got {D}")
-    if math.isinf(D):
-        return empirical_denoiser(data)
-
-    def denoise(x: Tensor, sigma: Tensor | float) -> Tensor:
-        sigma = _per_example(sigma, x)
-        n = x[0].numel()
-        sq = _sq_dists(x, data, torch.ones_like(sigma))
-        # log of (d² + r²)/(d_min² + r²) via log1p: exact as D → ∞ where it is ~ d²/(σ²D).
-        near = sq.amin(1, keepdim=True)
-        base = (near + D * sigma[:, None] ** 2).clamp_min(torch.finfo(sq.dtype).tiny)
-        log_w = -0.5 * (n + D) * torch.log1p((sq - near) / base)
-        return _weighted_mean(log_w, data, x)
-
-    return denoise
-
-
-def flow_matching_velocity(data: Tensor) -> Callable[[Tensor, Tensor | float], Tensor]:
-    """The exact velocity ``v(x_t, t) = (x̂_1 − x_t) / (1 − t)`` of the linear path
-    ``x_t = (1 − t) x_0 + t x_1`` with ``x_0 ~ N(0, I)`` and ``x_1`` uniform on ``data``
-    (Lipman et al. 2023, the conditional OT path with σ_min = 0, marginalised over the data;
-    math.md §3), where ``x̂_1 = Σ_j w_j y_j``,
-    ``w_j ∝ exp(−||x_t − t y_j||² / (2 (1 − t)²))``.
-
-    For a finite set the field is singular at ``t = 1`` (the flow collapses onto data points;
-    there ``1 − t`` is replaced by the dtype's smallest normal number), so integrate to
-    ``t < 1`` or make the last step an Euler step, which lands on ``x̂_1``.
-    """
-
-    def velocity(x: Tensor, t: Tensor | float) -> Tensor:
-        t = _per_example(t, x)
-        gap = 1 - t  # the path's noise std; t > 1 continues the line x_t analytically
-        gap = torch.where(gap == 0, torch.finfo(x.dtype).tiny, gap)
-        sq = _sq_dists(x, data, t)
-        x1 = _weighted_mean(_gaussian_log_weights(sq, gap), data, x)
-        return (x1 - x) / append_dims(gap, x.ndim)
-
-    return velocity
 
 
 def gaussian_flow(
@@ -260,7 +217,7 @@ def gaussian_flow(
     """The exact PF-ODE flow map for data ``N(μ, s² I)`` (math.md §8): from σ to σ',
     ``x' = μ + sqrt((s² + σ'²) / (s² + σ²)) (x − μ)``. ``mu`` broadcasts against one example
     (``[*event]`` or a float); ``s`` is a float or 0-dim tensor."""
-    sigma_from, sigma_to = _per_example(sigma_from, x), _per_example(sigma_to, x)
+    sigma_from, sigma_to = per_example(sigma_from, x), per_example(sigma_to, x)
     mu = torch.as_tensor(mu).to(x)
     s2 = torch.as_tensor(s).to(x) ** 2
     ratio = torch.sqrt((s2 + sigma_to**2) / (s2 + sigma_from**2))

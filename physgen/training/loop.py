@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from physgen.core.ema import ema_update
 from physgen.errors import ConfigError, TrainingError
+from physgen.registry import plugin_call
 from physgen.training.config import TrainConfig, config_from
 from physgen.training.distributed import barrier, dist_info, mean_over_ranks
 from physgen.training.seeding import data_seed, generator, noise_seed, seeded_global_rng
@@ -298,7 +299,8 @@ def train(
                     rows = slice(shard * per, (shard + 1) * per)
                     c = cond[rows] if cond is not None else None
                     with seeded_global_rng(cfg.seed, shard, step, x.device):
-                        with no_sync(j < count - 1), autocast():
+                        # plugin code: an error names the plugin (physgen.registry.isolation)
+                        with no_sync(j < count - 1), autocast(), plugin_call(process, "loss"):
                             loss = process.loss(fwd_net, y[rows], cond=c, step=step,
                                                 generator=gen).float().mean()  # fmt: skip
                         with no_sync(j < count - 1):

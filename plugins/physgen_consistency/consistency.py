@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from physgen.core.precond import EDMCoefficients, edm_coefficients
+from physgen.core.options import option
+from physgen.core.precond import EDMCoefficients, edm_coefficients, precondition
 from physgen.core.process import (
     Backbone,
     ConsistencyView,
     Process,
-    append_dims,
-    as_time,
     gaussian_prior,
     karras_sigmas,
 )
@@ -43,7 +42,6 @@ __all__ = [
     "consistency_sampling",
     "ct_ema_decay",
     "ct_num_scales",
-    "ema_update",
     "ict_index_probs",
     "ict_num_scales",
     "pseudo_huber",
@@ -83,13 +81,11 @@ def consistency_function(
 ) -> Tensor:
     """``f_θ(x, σ) = c_skip(σ) x + c_out(σ) F_θ(c_in x, c_noise)`` (Song et al. 2023, eq. 5).
     ``x`` ``[B, *event]``, ``sigma`` 0-dim or ``[B]``; ``f_θ(x, σ_min) = x`` exactly."""
-    sigma = as_time(sigma, x)
-    if x.dtype == torch.float16:
-        sigma = sigma.to(torch.float32)
-    c = consistency_coefficients(sigma, sigma_data, sigma_min)
-    n = x.ndim
-    out = net(append_dims(c.c_in, n) * x, c.c_noise, class_labels)
-    return append_dims(c.c_skip, n) * x + append_dims(c.c_out, n) * out
+
+    def coefficients(s: Tensor) -> EDMCoefficients:
+        return consistency_coefficients(s, sigma_data, sigma_min)
+
+    return precondition(net, x, sigma, coefficients, class_labels)
 
 
 # --------------------------------------------------------------------------------------
@@ -144,18 +140,6 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float) -> Tensor:
     return sq / ((sq + c**2).sqrt() + c)
 
 
-@torch.no_grad()
-def ema_update(target: nn.Module, net: nn.Module, mu: float) -> None:
-    """``θ⁻ ← μ θ⁻ + (1 − μ) θ`` over parameters; buffers are copied (Song et al. 2023,
-    Algorithm 2/3, "stopgrad")."""
-    t_params = [p.detach() for p in target.parameters()]
-    n_params = [p.detach().to(t.dtype) for p, t in zip(net.parameters(), t_params, strict=True)]
-    if t_params:
-        torch._foreach_lerp_(t_params, n_params, 1.0 - mu)
-    for t_buf, n_buf in zip(target.buffers(), net.buffers(), strict=True):
-        t_buf.copy_(n_buf)
-
-
 # --------------------------------------------------------------------------------------
 # Sampling (Song et al. 2023, Algorithm 1)
 # --------------------------------------------------------------------------------------
@@ -191,13 +175,13 @@ def consistency_sampling(
 
 @dataclass(frozen=True)
 class ConsistencyOptions:
-    sigma_data: float = 0.5  # σ_d of the parameterisation (0.5 for images in [-1, 1])
-    sigma_min: float = 0.002  # σ_min: the boundary f(x, σ_min) = x
-    sigma_max: float = 80.0  # σ_max; the prior is N(0, σ_max² I)
-    rho: float = 7.0  # curvature ρ of the Karras grids (training and multistep τ's)
-    sigma_mid: float = 0.821  # τ_2 of multistep sampling (iCT's two-step σ_mid on CIFAR-10)
-    distance: str = "l2"  # d(·,·): "l2" (mean squared error) or "pseudo_huber"
-    huber_c: float = 0.00054  # pseudo-Huber c = huber_c √N for N data dims (iCT §3.3)
+    sigma_data: float = option(0.5, "σ_d of the parameterisation (0.5 for images in [-1, 1])")
+    sigma_min: float = option(0.002, "σ_min: the boundary f(x, σ_min) = x")
+    sigma_max: float = option(80.0, "σ_max; the prior is N(0, σ_max² I)")
+    rho: float = option(7.0, "curvature ρ of the Karras grids (training and multistep τ's)")
+    sigma_mid: float = option(0.821, "τ_2 of multistep sampling (iCT's two-step σ_mid on CIFAR-10)")
+    distance: str = option("l2", 'd(·,·): "l2" (mean squared error) or "pseudo_huber"')
+    huber_c: float = option(0.00054, "pseudo-Huber c = huber_c √N for N data dims (iCT §3.3)")
 
 
 class ConsistencyProcess(Process):

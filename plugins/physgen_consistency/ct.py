@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from physgen.core.ema import ema_update
+from physgen.core.options import option
 from physgen.core.process import Backbone, append_dims
 from physgen.core.rng import randn_like
 from physgen.errors import ConfigError
@@ -24,7 +26,6 @@ from physgen_consistency.consistency import (
     adjacent_sigmas,
     ct_ema_decay,
     ct_num_scales,
-    ema_update,
     ict_index_probs,
     ict_num_scales,
     uniform_pairs,
@@ -35,10 +36,10 @@ __all__ = ["CT", "ICT", "CTOptions", "ICTOptions"]
 
 @dataclass(frozen=True)
 class CTOptions(ConsistencyOptions):
-    total_steps: int = 2000  # K: training steps over which N(k) grows (the trainer's steps)
-    s0: int = 2  # initial discretisation steps s0 of N(k)
-    s1: int = 150  # final discretisation steps s1 of N(k)
-    mu0: float = 0.9  # target EMA rate μ0 at N = s0
+    total_steps: int = option(2000, "K: training steps over which N(k) grows (the trainer's steps)")
+    s0: int = option(2, "initial discretisation steps s0 of N(k)")
+    s1: int = option(150, "final discretisation steps s1 of N(k)")
+    mu0: float = option(0.9, "target EMA rate μ0 at N = s0")
 
 
 class CT(ConsistencyProcess):
@@ -91,12 +92,14 @@ class CT(ConsistencyProcess):
 
 @dataclass(frozen=True)
 class ICTOptions(ConsistencyOptions):
-    distance: str = "pseudo_huber"  # d(·,·): iCT's pseudo-Huber (§3.3), or "l2"
-    total_steps: int = 2000  # K: training steps over which N(k) doubles (the trainer's steps)
-    s0: int = 10  # initial discretisation steps s0 of N(k)
-    s1: int = 1280  # final discretisation steps s1 of N(k)
-    P_mean: float = -1.1  # mean of the lognormal index distribution (iCT §3.5)
-    P_std: float = 2.0  # standard deviation of the lognormal index distribution
+    distance: str = option("pseudo_huber", 'd(·,·): iCT\'s pseudo-Huber (§3.3), or "l2"')
+    total_steps: int = option(
+        2000, "K: training steps over which N(k) doubles (the trainer's steps)"
+    )
+    s0: int = option(10, "initial discretisation steps s0 of N(k)")
+    s1: int = option(1280, "final discretisation steps s1 of N(k)")
+    P_mean: float = option(-1.1, "mean of the lognormal index distribution (iCT §3.5)")
+    P_std: float = option(2.0, "standard deviation of the lognormal index distribution")
 
 
 class ICT(ConsistencyProcess):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from physgen.core.ema import ema_update
+from physgen.core.options import option
 from physgen.core.process import Backbone, Process, append_dims
 from physgen.core.rng import randn_like
 from physgen.errors import ConfigError
@@ -28,7 +30,6 @@ from physgen_consistency.consistency import (
     ConsistencyOptions,
     ConsistencyProcess,
     adjacent_sigmas,
-    ema_update,
     uniform_pairs,
 )
 
@@ -37,10 +38,12 @@ __all__ = ["CD", "CDOptions"]
 
 @dataclass(frozen=True)
 class CDOptions(ConsistencyOptions):
-    teacher: str = ""  # checkpoint of the teacher (any process with a denoiser view)
-    solver: str = "heun"  # ODE sampler ("ode" view) of the teacher step σ_{i+1} → σ_i
-    num_scales: int = 18  # N: points of the Karras grid (18 for CIFAR-10 in Song et al. 2023)
-    mu: float = 0.95  # target EMA rate μ (CIFAR-10 CD in Song et al. 2023, Table 3)
+    teacher: str = option("", "checkpoint of the teacher (any process with a denoiser view)")
+    solver: str = option("heun", 'ODE sampler ("ode" view) of the teacher step σ_{i+1} → σ_i')
+    num_scales: int = option(
+        18, "N: points of the Karras grid (18 for CIFAR-10 in Song et al. 2023)"
+    )
+    mu: float = option(0.95, "target EMA rate μ (CIFAR-10 CD in Song et al. 2023, Table 3)")
 
 
 class CD(ConsistencyProcess):

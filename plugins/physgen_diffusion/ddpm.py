@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from physgen.core.options import option
 from physgen.core.process import (
     Backbone,
     GaussianProcess,
@@ -76,11 +77,13 @@ def cosine_betas(T: int, s: float, max_beta: float = 0.999) -> Tensor:
 
 @dataclass(frozen=True)
 class DDPMOptions:
-    T: int = 1000  # number of diffusion steps
-    schedule: str = "linear"  # "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)
-    beta_start: float = 1e-4  # β_1 of the linear schedule
-    beta_end: float = 0.02  # β_T of the linear schedule
-    cosine_s: float = 0.008  # offset s of the cosine schedule (Nichol & Dhariwal eq. 17)
+    T: int = option(1000, "number of diffusion steps")
+    schedule: str = option(
+        "linear", '"linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)'
+    )
+    beta_start: float = option(1e-4, "β_1 of the linear schedule")
+    beta_end: float = option(0.02, "β_T of the linear schedule")
+    cosine_s: float = option(0.008, "offset s of the cosine schedule (Nichol & Dhariwal eq. 17)")
 
 
 class DDPM(GaussianProcess):

@@ -4,75 +4,45 @@ Karras, Aittala, Aila, Laine (2022), "Elucidating the Design Space of Diffusion-
 Generative Models" (EDM). Perturbation ``x = y + σ n``; denoiser ``D(x; σ) = E[y | x]`` with
 Table 1 preconditioning; loss weighted by ``λ(σ) = (σ² + σ_d²)/(σ σ_d)²`` with
 ``ln σ ~ N(P_mean, P_std²)``; sampling integrates ``dx/dσ = (x − D)/σ`` on the eq. 5 grid.
+All but the Gaussian kernel is :class:`~physgen.core.precond.PreconditionedProcess`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
-from physgen.core.precond import edm_denoise, edm_training_sigma
+from physgen.core.precond import PreconditionedProcess, PrecondOptions
 from physgen.core.process import (
-    Backbone,
     GaussianProcess,
+    PriorFn,
     ScoreView,
     append_dims,
     gaussian_logp,
     gaussian_prior,
-    karras_sigmas,
 )
-from physgen.core.rng import randn_like
-from physgen.errors import ConfigError
+from physgen.core.rng import Generator, randn_like
+
+#: EDM's options are exactly the shared preconditioning options (EDM Table 1, eq. 5)
+EDMOptions = PrecondOptions
 
 
-@dataclass(frozen=True)
-class EDMOptions:
-    sigma_data: float = 0.5  # σ_d: standard deviation of the data (0.5 for images in [-1, 1])
-    P_mean: float = -1.2  # mean of ln σ during training (EDM Table 1)
-    P_std: float = 1.2  # standard deviation of ln σ during training
-    sigma_min: float = 0.002  # smallest σ of the sampling grid
-    sigma_max: float = 80.0  # largest σ; the prior is N(0, σ_max² I)
-    rho: float = 7.0  # grid curvature ρ of EDM eq. 5
-
-
-class EDM(GaussianProcess):
+# view_type = ScoreView: the shared denoiser is the ScoreView GaussianProcess promises
+class EDM(PreconditionedProcess, GaussianProcess):  # type: ignore[misc]
     """Gaussian diffusion, EDM parameterisation. Views: ode, denoiser, score."""
 
     Options = EDMOptions
-    options: EDMOptions
+    view_type = ScoreView
 
-    def validate(self) -> None:
-        o = self.options
-        if o.sigma_data <= 0 or o.P_std <= 0 or o.rho <= 0:
-            raise ConfigError("edm: sigma_data, P_std and rho must be positive")
-        if not 0 < o.sigma_min < o.sigma_max:
-            raise ConfigError(
-                f"edm: need 0 < sigma_min < sigma_max, got {o.sigma_min}, {o.sigma_max}"
-            )
-
-    def loss(
-        self,
-        net: Backbone,
-        y: Tensor,
-        *,
-        cond: Tensor | None = None,
-        step: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        o = self.options
-        sigma, weight = edm_training_sigma(y, o.P_mean, o.P_std, o.sigma_data, generator)
+    def perturb(
+        self, y: Tensor, sigma: Tensor, generator: Generator | None
+    ) -> tuple[Tensor, Tensor]:
         noise = randn_like(y, generator)
-        x = y + append_dims(sigma, y.ndim) * noise
-        denoised = edm_denoise(net, x, sigma, o.sigma_data, cond)
-        return weight * (denoised - y).pow(2).flatten(1).mean(1)  # EDM eq. 8, per example
+        return y + append_dims(sigma, y.ndim) * noise, y  # x = y + σ n (EDM eq. 1 frame)
 
-    def denoiser(self, net: Backbone, cond: Tensor | None = None) -> ScoreView:
-        o = self.options
-        return ScoreView(
-            denoise=lambda x, sigma: edm_denoise(net, x, sigma, o.sigma_data, cond),
-            sigmas=lambda steps: karras_sigmas(steps, o.sigma_min, o.sigma_max, o.rho),
-            prior=gaussian_prior(o.sigma_max),
-            prior_logp=gaussian_logp(o.sigma_max),
-        )
+    def prior_at(self, sigma: float) -> PriorFn:
+        return gaussian_prior(sigma)  # N(0, σ_max² I)
+
+    def prior_logp_at(self, sigma: float) -> Callable[[Tensor], Tensor]:
+        return gaussian_logp(sigma)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from physgen.core.options import option
 from physgen.core.process import (
     Backbone,
     GaussianProcess,
@@ -38,8 +39,8 @@ from physgen.errors import ConfigError
 
 @dataclass(frozen=True)
 class VEOptions:
-    sigma_min: float = 0.01  # smallest σ, the data end of the grid (score SDE, CIFAR-10)
-    sigma_max: float = 50.0  # largest σ; prior N(0, σ_max² I); ≈ largest data distance
+    sigma_min: float = option(0.01, "smallest σ, the data end of the grid (score SDE, CIFAR-10)")
+    sigma_max: float = option(50.0, "largest σ; prior N(0, σ_max² I); ≈ largest data distance")
 
 
 class VE(GaussianProcess):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from physgen.core.options import option
 from physgen.core.process import (
     Backbone,
     GaussianProcess,
@@ -55,10 +56,10 @@ def vp_denoise(
 
 @dataclass(frozen=True)
 class VPOptions:
-    beta_min: float = 0.1  # β(0) of the linear schedule (score SDE §3.4)
-    beta_max: float = 20.0  # β(1)
-    epsilon_s: float = 1e-3  # smallest t of the sampling grid (EDM Table 1 ε_s)
-    epsilon_t: float = 1e-5  # smallest t drawn in training (EDM Table 1 ε_t, score_sde eps)
+    beta_min: float = option(0.1, "β(0) of the linear schedule (score SDE §3.4)")
+    beta_max: float = option(20.0, "β(1)")
+    epsilon_s: float = option(1e-3, "smallest t of the sampling grid (EDM Table 1 ε_s)")
+    epsilon_t: float = option(1e-5, "smallest t drawn in training (EDM Table 1 ε_t, score_sde eps)")
 
 
 class VP(GaussianProcess):

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from physgen.core.options import option
 from physgen.core.process import (
     Backbone,
     DenoiserView,
@@ -128,28 +129,38 @@ def source_prior(source: str, scale: float = 1.0) -> PriorFn:
 
 @dataclass(frozen=True)
 class PathOptions:
-    sigma_min: float = 0.0  # Lipman's path width at t = 1 (0: the straight path of Liu et al.)
-    time_sampling: str = "uniform"  # law of t in training: "uniform" or "logit_normal"
-    logit_mean: float = 0.0  # mean of logit(t) when time_sampling = "logit_normal"
-    logit_std: float = 1.0  # std of logit(t) when time_sampling = "logit_normal"
-    source: str = "gaussian"  # law of x_0: "gaussian" (N(0, I)) or a registered dataset name
-    t_min: float = 1e-3  # t at the first σ of the denoiser/score grid: σ_max = (1 − t_min)/t_min
+    sigma_min: float = option(
+        0.0, "Lipman's path width at t = 1 (0: the straight path of Liu et al.)"
+    )
+    time_sampling: str = option("uniform", 'law of t in training: "uniform" or "logit_normal"')
+    logit_mean: float = option(0.0, 'mean of logit(t) when time_sampling = "logit_normal"')
+    logit_std: float = option(1.0, 'std of logit(t) when time_sampling = "logit_normal"')
+    source: str = option(
+        "gaussian", 'law of x_0: "gaussian" (N(0, I)) or a registered dataset name'
+    )
+    t_min: float = option(
+        1e-3, "t at the first σ of the denoiser/score grid: σ_max = (1 − t_min)/t_min"
+    )
 
 
 @dataclass(frozen=True)
 class FlowMatchingOptions(PathOptions):
-    coupling: str = "independent"  # pairing of prior and data batches: independent, ot, sinkhorn
-    coupling_reg: float = 0.05  # entropic ε over the mean cost, for couplings taking reg
+    coupling: str = option(
+        "independent", "pairing of prior and data batches: independent, ot, sinkhorn"
+    )
+    coupling_reg: float = option(0.05, "entropic ε over the mean cost, for couplings taking reg")
 
 
 @dataclass(frozen=True)
 class OTFlowMatchingOptions(FlowMatchingOptions):
-    coupling: str = "ot"  # pairing of prior and data batches: independent, ot, sinkhorn
+    coupling: str = option("ot", "pairing of prior and data batches: independent, ot, sinkhorn")
 
 
 @dataclass(frozen=True)
 class RectifiedFlowOptions(PathOptions):
-    pairs: str = ""  # reflow pair file (z, x) written by physgen.sampling.reflow; train on it too
+    pairs: str = option(
+        "", "reflow pair file (z, x) written by physgen.sampling.reflow; train on it too"
+    )
 
 
 # --------------------------------------------------------------------------------------

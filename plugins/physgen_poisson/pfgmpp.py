@@ -35,16 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.core.precond import edm_denoise, edm_training_sigma
-from physgen.core.process import (
-    Backbone,
-    DenoiserView,
-    ODEView,
-    PriorFn,
-    Process,
-    append_dims,
-    karras_sigmas,
-)
+from physgen.core.options import option
+from physgen.core.precond import PreconditionedProcess, PrecondOptions
+from physgen.core.process import PriorFn, append_dims
 from physgen.core.rng import Generator, randn
 from physgen.errors import ConfigError
 
@@ -55,14 +48,10 @@ _CANDIDATES = 4
 
 
 @dataclass(frozen=True)
-class PFGMPPOptions:
-    D: float = 128.0  # augmented dimensions D > 0; inf is the Gaussian limit (EDM exactly)
-    sigma_data: float = 0.5  # σ_d: standard deviation of the data (0.5 for images in [-1, 1])
-    P_mean: float = -1.2  # mean of ln σ during training (EDM Table 1), r = σ √D
-    P_std: float = 1.2  # standard deviation of ln σ during training
-    sigma_min: float = 0.002  # smallest σ of the sampling grid
-    sigma_max: float = 80.0  # largest σ; the prior is the kernel at r_max = σ_max √D
-    rho: float = 7.0  # grid curvature ρ of EDM eq. 5
+class PFGMPPOptions(PrecondOptions):
+    """EDM's preconditioning options (the radius is ``r = σ √D``, PFGM++ §4) and ``D``."""
+
+    D: float = option(128.0, "augmented dimensions D > 0; inf is the Gaussian limit (EDM exactly)")
 
 
 def sample_gamma(
@@ -170,49 +159,29 @@ def _prior(sigma: float, D: float) -> PriorFn:
     return prior
 
 
-class PFGMPP(Process):
-    """PFGM++ with ``D`` augmented dimensions, EDM-preconditioned. Views: ode, denoiser (no
-    score: the kernel is not Gaussian, so Gaussian-noise samplers do not apply)."""
+class PFGMPP(PreconditionedProcess):
+    """PFGM++ with ``D`` augmented dimensions, EDM-preconditioned (PFGM++ §4, Algorithms 1–2).
+    Views: ode, denoiser (no score: the kernel is not Gaussian, so Gaussian-noise samplers do
+    not apply)."""
 
     Options = PFGMPPOptions
     options: PFGMPPOptions
 
     def validate(self) -> None:
-        o = self.options
-        if not o.D > 0:  # also catches NaN
-            raise ConfigError(f"pfgmpp: D must be > 0 (inf for the Gaussian limit), got {o.D}")
-        if o.sigma_data <= 0 or o.P_std <= 0 or o.rho <= 0:
-            raise ConfigError("pfgmpp: sigma_data, P_std and rho must be positive")
-        if not 0 < o.sigma_min < o.sigma_max < math.inf:
-            raise ConfigError(
-                f"pfgmpp: need 0 < sigma_min < sigma_max < inf, got {o.sigma_min}, {o.sigma_max}"
-            )
+        if not self.options.D > 0:  # also catches NaN
+            D = self.options.D
+            raise ConfigError(f"pfgmpp: D must be > 0 (inf for the Gaussian limit), got {D}")
+        super().validate()
 
-    def loss(
-        self,
-        net: Backbone,
-        y: Tensor,
-        *,
-        cond: Tensor | None = None,
-        step: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        o = self.options
-        # EDM's σ distribution and weight; the radius is r = σ √D (§4)
-        sigma, weight = edm_training_sigma(y, o.P_mean, o.P_std, o.sigma_data, generator)
-        noise = pfgmpp_noise(y.shape, o.D, generator=generator, device=y.device, dtype=y.dtype)
-        x = y + append_dims(sigma, y.ndim) * noise  # x ~ p_r(· | y), PFGM++ eq. 4
-        denoised = edm_denoise(net, x, sigma, o.sigma_data, cond)
-        return weight * (denoised - y).pow(2).flatten(1).mean(1)  # EDM eq. 8 (PFGM++ Alg. 1)
+    def perturb(
+        self, y: Tensor, sigma: Tensor, generator: Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        D = self.options.D
+        noise = pfgmpp_noise(y.shape, D, generator=generator, device=y.device, dtype=y.dtype)
+        return y + append_dims(sigma, y.ndim) * noise, y  # x ~ p_r(· | y), PFGM++ eq. 4
 
-    def denoiser(self, net: Backbone, cond: Tensor | None = None) -> DenoiserView:
-        o = self.options
-        return DenoiserView(
-            denoise=lambda x, sigma: edm_denoise(net, x, sigma, o.sigma_data, cond),
-            sigmas=lambda steps: karras_sigmas(steps, o.sigma_min, o.sigma_max, o.rho),
-            prior=_prior(o.sigma_max, o.D),  # the kernel at r_max = σ_max √D (PFGM++ §4)
-            prior_logp=pfgmpp_prior_logp(o.sigma_max, o.D),
-        )
+    def prior_at(self, sigma: float) -> PriorFn:
+        return _prior(sigma, self.options.D)  # the kernel at r_max = σ_max √D (PFGM++ §4)
 
-    def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
-        return self.denoiser(net, cond).as_ode()
+    def prior_logp_at(self, sigma: float) -> Callable[[Tensor], Tensor]:
+        return pfgmpp_prior_logp(sigma, self.options.D)

@@ -6,7 +6,7 @@ the posterior of ``(j, V)`` given ``x`` is ``∝ IG(V) N(x; y_j, σ² V I)``, in
 
     D(x; σ) = x − Σ_j ∫ (g/ḡ)(V) (x − y_j) p(j, V | x) dV.
 
-At ``m = 0`` this is :func:`physgen.testing.oracles.pfgmpp_denoiser` with ``D = 1``; at ``m = inf``
+At ``m = 0`` this is :func:`physgen_poisson.oracle.pfgmpp_denoiser` with ``D = 1``; at ``m = inf``
 :func:`physgen.testing.oracles.empirical_denoiser`. With ``field_lines=True`` it is the
 σ-frame form of
 GenPhys's velocity ``v = −∇φ/p`` alone, ``x − (x − E[y | x])/ḡ``: the density flow (Y2) without

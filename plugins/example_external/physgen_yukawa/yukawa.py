@@ -74,16 +74,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from physgen.core.precond import edm_denoise, edm_training_sigma
+from physgen.core.options import option
+from physgen.core.precond import PreconditionedProcess, PrecondOptions
 from physgen.core.process import (
-    Backbone,
-    DenoiserView,
-    ODEView,
     PriorFn,
-    Process,
     append_dims,
     gaussian_logp,
-    karras_sigmas,
 )
 from physgen.core.rng import Generator, randn
 from physgen.errors import ConfigError
@@ -101,14 +97,10 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class YukawaOptions:
-    m: float = 1.0  # mass m ≥ 0 of the field in 1/σ units; 0 is PFGM (D = 1), inf is EDM
-    sigma_data: float = 0.5  # σ_d: standard deviation of the data (0.5 for images in [-1, 1])
-    P_mean: float = -1.2  # mean of ln σ during training (EDM Table 1)
-    P_std: float = 1.2  # standard deviation of ln σ during training
-    sigma_min: float = 0.002  # smallest σ of the sampling grid
-    sigma_max: float = 80.0  # largest σ; the prior is the kernel (Y4) there
-    rho: float = 7.0  # grid curvature ρ of EDM eq. 5
+class YukawaOptions(PrecondOptions):
+    """EDM's preconditioning options (Y8) and the mass ``m``."""
+
+    m: float = option(1.0, "mass m ≥ 0 of the field in 1/σ units; 0 is PFGM (D = 1), inf is EDM")
 
 
 # --------------------------------------------------------------------------------------
@@ -245,58 +237,37 @@ def _prior(sigma: float, m: float) -> PriorFn:
 # --------------------------------------------------------------------------------------
 
 
-class Yukawa(Process):
-    """GenPhys's Yukawa generative model with mass ``m``, EDM-preconditioned. Views: ode,
-    denoiser (the σ-frame ODE (Y7)); no score view (the kernel is not Gaussian)."""
+class Yukawa(PreconditionedProcess):
+    """GenPhys's Yukawa generative model with mass ``m``: EDM's preconditioned denoiser and
+    loss (Y8) with the kernel (Y4) and target ŷ (Y7). Views: ode, denoiser (the σ-frame ODE
+    (Y7)); no score view (the kernel is not Gaussian)."""
 
     Options = YukawaOptions
     options: YukawaOptions
 
     def validate(self) -> None:
-        o = self.options
-        if not o.m >= 0:  # also catches NaN
+        if not self.options.m >= 0:  # also catches NaN
             raise ConfigError(
-                f"yukawa: mass m must be ≥ 0 (m² < 0 is not smoothing, GenPhys), got {o.m}"
+                "yukawa: mass m must be ≥ 0 (m² < 0 is not smoothing, GenPhys), "
+                f"got {self.options.m}"
             )
-        if o.sigma_data <= 0 or o.P_std <= 0 or o.rho <= 0:
-            raise ConfigError("yukawa: sigma_data, P_std and rho must be positive")
-        if not 0 < o.sigma_min < o.sigma_max < math.inf:
-            raise ConfigError(
-                f"yukawa: need 0 < sigma_min < sigma_max < inf, got {o.sigma_min}, {o.sigma_max}"
-            )
+        super().validate()
 
-    def loss(
-        self,
-        net: Backbone,
-        y: Tensor,
-        *,
-        cond: Tensor | None = None,
-        step: int = 0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        o = self.options
-        # ln σ ~ N(P_mean, P_std²) and EDM's λ(σ) (Y8)
-        sigma, weight = edm_training_sigma(y, o.P_mean, o.P_std, o.sigma_data, generator)
-        e, v = yukawa_noise(
-            sigma, y.shape, o.m, generator=generator, device=y.device, dtype=y.dtype
-        )
+    def perturb(
+        self, y: Tensor, sigma: Tensor, generator: Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        m = self.options.m
+        e, v = yukawa_noise(sigma, y.shape, m, generator=generator, device=y.device, dtype=y.dtype)
         x = y + append_dims(sigma, y.ndim) * e  # x ~ (Y4) via (Y5)
-        if math.isinf(o.m):
+        if math.isinf(m):
             ratio = torch.ones_like(sigma)
         else:
-            ratio = target_ratio(v, o.m * sigma.double()).to(y.dtype)
+            ratio = target_ratio(v, m * sigma.double()).to(y.dtype)
         target = y + append_dims((1 - ratio) * sigma, y.ndim) * e  # ŷ = y + (1 − g/ḡ)(x − y) (Y7)
-        denoised = edm_denoise(net, x, sigma, o.sigma_data, cond)
-        return weight * (denoised - target).pow(2).flatten(1).mean(1)  # EDM eq. 8 (Y8)
+        return x, target
 
-    def denoiser(self, net: Backbone, cond: Tensor | None = None) -> DenoiserView:
-        o = self.options
-        return DenoiserView(
-            denoise=lambda x, sigma: edm_denoise(net, x, sigma, o.sigma_data, cond),
-            sigmas=lambda steps: karras_sigmas(steps, o.sigma_min, o.sigma_max, o.rho),
-            prior=_prior(o.sigma_max, o.m),  # (Y4) at σ_max, centred at 0 (Y8)
-            prior_logp=yukawa_prior_logp(o.sigma_max, o.m),
-        )
+    def prior_at(self, sigma: float) -> PriorFn:
+        return _prior(sigma, self.options.m)  # (Y4) at σ_max, centred at 0 (Y8)
 
-    def ode(self, net: Backbone, cond: Tensor | None = None) -> ODEView:
-        return self.denoiser(net, cond).as_ode()  # dx/dσ = (x − D)/σ (Y7)
+    def prior_logp_at(self, sigma: float) -> Callable[[Tensor], Tensor]:
+        return yukawa_prior_logp(sigma, self.options.m)

@@ -17,6 +17,7 @@ from torch import nn
 pytest.importorskip("physgen_yukawa")
 
 from physgen_diffusion.edm import EDM
+from physgen_poisson.oracle import pfgmpp_denoiser
 from physgen_poisson.pfgmpp import PFGMPP, pfgmpp_noise, pfgmpp_prior_logp
 from physgen_yukawa.oracle import yukawa_denoiser
 from physgen_yukawa.yukawa import (
@@ -34,7 +35,7 @@ from physgen.core.rng import StackedGenerator
 from physgen.errors import ConfigError
 from physgen.sampling import sample
 from physgen.solvers.ode import rk4
-from physgen.testing.oracles import empirical_denoiser, pfgmpp_denoiser
+from physgen.testing.oracles import empirical_denoiser
 
 F64 = torch.float64
 
