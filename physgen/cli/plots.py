@@ -67,16 +67,22 @@ def running_mean(
 def tile_images(
     images: np.ndarray, cols: int, *, low: float = -1.0, high: float = 1.0, gap: int = 1
 ) -> np.ndarray:
-    """Images ``[n, C, H, W]`` (C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; alpha is dropped;
-    values in ``[low, high]``, clipped) tiled ``cols`` wide on white with a ``gap``-pixel
-    border: an RGB array ``[rows (H + gap) + gap, cols (W + gap) + gap, 3]`` in ``[0, 1]``."""
+    """Images ``[n, C, H, W]`` (C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; an alpha channel is
+    composited over white; values in ``[low, high]``, clipped) tiled ``cols`` wide on white
+    with a ``gap``-pixel border: an RGB array ``[rows (H + gap) + gap, cols (W + gap) + gap,
+    3]`` in ``[0, 1]``."""
     n, c, h, w = images.shape
     if c not in (1, 2, 3, 4):
-        raise ValueError(f"image grid needs 1 to 4 channels, got {c}")
-    colour = images[:, :3] if c >= 3 else images[:, :1]  # drop alpha
+        from physgen.errors import DataError
+
+        raise DataError(f"image grid needs 1 to 4 channels (gray, LA, RGB, RGBA), got {c}")
+    unit = np.clip((images - low) / (high - low), 0, 1)
+    if c in (2, 4):  # composite over a white background
+        alpha = unit[:, -1:]
+        unit = unit[:, :-1] * alpha + (1.0 - alpha)
     rows = int(np.ceil(n / cols))
     grid = np.ones((rows * (h + gap) + gap, cols * (w + gap) + gap, 3))
-    tiles = np.clip((colour - low) / (high - low), 0, 1).transpose(0, 2, 3, 1)
+    tiles = unit.transpose(0, 2, 3, 1)
     for i, tile in enumerate(tiles):
         r, q = divmod(i, cols)
         top, left = gap + r * (h + gap), gap + q * (w + gap)

@@ -158,9 +158,12 @@ def process_view(process: Any, kind: str, net: Any, cond: Any = None) -> Any:
 
 def _not_the_plugins(err: BaseException) -> bool:
     """The user's Ctrl-C, and allocation failures (the machine's, reported elsewhere)."""
+    from physgen.errors import allocation_error
+
     if isinstance(err, (KeyboardInterrupt, MemoryError, GeneratorExit)):
         return True
-    return type(err).__name__ == "OutOfMemoryError"  # torch's, without importing torch here
+    # torch's CPU allocator raises RuntimeError ("can't allocate memory"), CUDA OutOfMemoryError
+    return allocation_error(err) is not None
 
 
 def _resolve(owner: Any, what: str) -> tuple[PluginInfo | None, str]:

@@ -140,7 +140,8 @@ def sample(
     event_shape = _v.check_shape("event_shape", event_shape)
     n, steps = _v.check_int("n", n), _v.check_int("steps", steps)
     batch_size, seed = _v.check_int("batch_size", batch_size), _v.check_int("seed", seed, min=0)
-    sampler = _v.check_str("sampler", sampler)
+    if sampler is not None:
+        sampler = _v.check_str("sampler", sampler)
     if n < 1:
         raise ConfigError(f"n must be ≥ 1, got {n}")
     if steps < 1:
