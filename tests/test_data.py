@@ -373,3 +373,19 @@ def test_cli_data_opt_is_validated_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "dataset 'moons' has no option nope" in result.output
     assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+
+
+def test_h5_in_tiny_chunks_is_refused_before_the_read(tmp_path):
+    """A header-only HDF5 dataset of 1e7 x 1e7 values in chunks of one value: reading even a
+    few rows would touch 1e7+ chunks (~4 KB of HDF5 bookkeeping each, an out-of-memory kill),
+    so the loader refuses it in one line naming the file, before reading."""
+    import h5py
+
+    from physgen.data import load_dataset
+    from physgen.errors import DataError
+
+    path = tmp_path / "tiny_chunks.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", shape=(10**7, 10**7), dtype="f4", chunks=(1, 1))
+    with pytest.raises(DataError, match=r"tiny_chunks.h5.*HDF5 chunks"):
+        load_dataset(str(path), 8)

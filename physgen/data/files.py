@@ -204,6 +204,7 @@ def _h5_rows(ds: h5py.Dataset, n: int | None, source: str) -> tuple[np.ndarray, 
     """The first ``n`` rows of ``ds`` and its full shape; dtype checked before reading."""
     _check_dtype(source, ds.dtype)
     _check_memory(source, tuple(ds.shape), n, ds.dtype)
+    _check_chunks(source, ds, n)
     try:
         rows = ds[()] if ds.ndim == 0 else ds[:n]
     except _READ_ERRORS as err:
@@ -227,6 +228,29 @@ def _check_memory(source: str, shape: tuple[int, ...], n: int | None, dtype: np.
             f"{source}: {rows} rows of shape {tuple(shape[1:])} need {need / 2**30:.3g} GiB to "
             f"load, more than half of this machine's memory ({2 * limit / 2**30:.3g} GiB); "
             "load fewer rows"
+        )
+
+
+#: most HDF5 chunks one load may touch: the HDF5 library spends ~4 KB of bookkeeping per chunk
+#: read (measured: 1e6 chunks of one value each need ~4 GB), so a file stored in tiny chunks is
+#: refused before the read rather than killed for memory during it
+MAX_H5_CHUNKS = 100_000
+
+
+def _check_chunks(source: str, ds: h5py.Dataset, n: int | None) -> None:
+    """Refuse a read of the first ``n`` rows of ``ds`` that touches more than
+    :data:`MAX_H5_CHUNKS` chunks."""
+    if ds.chunks is None or ds.ndim == 0:
+        return
+    extent = [ds.shape[0] if n is None else min(ds.shape[0], n), *ds.shape[1:]]
+    touched = 1
+    for size, chunk in zip(extent, ds.chunks, strict=True):
+        touched *= -(-int(size) // int(chunk))
+    if touched > MAX_H5_CHUNKS:
+        raise DataError(
+            f"{source}: reading {extent[0]} rows touches {touched} HDF5 chunks of shape "
+            f"{tuple(ds.chunks)} (at most {MAX_H5_CHUNKS}); rewrite it with larger chunks "
+            "(h5py: chunks=True) or load fewer rows"
         )
 
 
