@@ -215,11 +215,11 @@ def write(
     with RunWriter(out, config=vars(args), seed=0, device="cpu", overwrite=True) as run:
         for case, r in results.items():
             for key, value in r.items():
-                run.add_metric(f"{case}/{key}", float(value))
+                run.add_metric(f"{case}_{key}", float(value))
         if rates is not None:
             ratio = statistics.median(s / m for s, m in zip(rates["stream"], rates["memory"],
                                                              strict=True))  # fmt: skip
-            run.add_metric("train/stream_over_memory", ratio)
+            run.add_metric("train_stream_over_memory", ratio)
             for mode, values in rates.items():
                 run.add_curve(f"train_{mode}_steps_per_second", np.asarray(values))
             print(f"training steps/s: stream/memory median paired ratio {ratio:.3f}")

@@ -225,3 +225,14 @@ def test_toy_stream_shards_and_pairs() -> None:
     radius = p0.x0.norm(dim=1)  # 8gaussians: modes on a circle of radius sqrt(2(1 - 0.01))
     assert abs(float(radius.mean()) - math.sqrt(2 * 0.99)) < 0.05
     assert torch.equal(p0.x, ToyStream("moons", 2048, seed=1).batch(0).x)
+
+
+def test_compressed_hdf5_and_big_endian_npy_read_the_same_rows(tmp_path: Path) -> None:
+    x = np.random.default_rng(2).normal(size=(30, 3)).astype(np.float32)
+    with h5py.File(tmp_path / "z.h5", "w") as f:
+        f.create_dataset("x", data=x, chunks=(4, 3), compression="gzip")
+    np.save(tmp_path / "be.npy", x.astype(">f4"))
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    for name in ("z.h5", "be.npy", "f.npy"):
+        batch = open_rows(tmp_path / name).__getitems__([3, 29, 3, 0])
+        assert batch.error is None and torch.equal(batch.x, torch.from_numpy(x[[3, 29, 3, 0]]))

@@ -22,6 +22,7 @@ that draws from torch's global RNG in a worker is reproducible for a given worke
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from physgen.data.lazy import LazyRows, RowBatch, open_rows, to_model_range
 from physgen.data.stream import Batch, BatchSource, IndexStream, ToyStream, augment, rank_rows
 from physgen.errors import ConfigError, DataError
 
-__all__ = ["LoaderSource", "make_source"]
+__all__ = ["LoaderSource", "Streamed", "make_source"]
 
 
 class _StepSampler:
@@ -142,3 +143,41 @@ def make_source(
         return ToyStream(dataset, batch_size, **kw, **options)
     rows = open_rows(dataset, **options)
     return LoaderSource(rows, batch_size, workers=workers, flip=flip, crop=crop, **kw)
+
+
+@dataclass
+class Streamed:
+    """A dataset to stream, named but not yet placed: what :func:`physgen.train` takes as
+    ``data`` to train on the (seed, step) stream. The loop calls :meth:`open` with the run's
+    batch size, seed, rank, device and workers. ``name``, ``event_shape``, ``num_classes``,
+    ``size`` (rows, or ``"stream"`` for fresh draws) and ``info`` describe it in the checkpoint.
+    """
+
+    #: a registered generator (fresh draws each step) or a ``.npy``/HDF5 file or image folder
+    dataset: str
+    #: dataset options (a generator's ``noise``, a file's ``key``, ...)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: random horizontal flips, p = ½ (images)
+    flip: bool = False
+    #: random crops of ``crop × crop`` pixels (images), or ``None``
+    crop: int | None = None
+
+    def __post_init__(self) -> None:
+        probe = self.open(1, seed=0)
+        self.name, self.event_shape = probe.name, probe.event_shape
+        self.num_classes = probe.num_classes
+        self.size: int | str = len(probe.rows) if isinstance(probe, LoaderSource) else "stream"
+        self.info = {**probe.info(), "stream": True}
+        probe.close()
+        if isinstance(probe, LoaderSource):
+            probe.rows.close()
+
+    def open(
+        self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+        device: torch.device | str = "cpu", workers: int = 0,
+    ) -> BatchSource:  # fmt: skip
+        """The batch source of a run."""
+        return make_source(
+            self.dataset, None, batch_size, seed=seed, rank=rank, world_size=world_size,
+            device=device, workers=workers, flip=self.flip, crop=self.crop, **self.options,
+        )  # fmt: skip
