@@ -13,8 +13,10 @@ batch, including worker start), images/s over the remaining batches, the peak RS
 process and of the largest worker, each minus the RSS of the process after ``import torch``
 (the interpreter and torch are not the data). The goal: peak RSS at 1M within ~300 MB of 10k.
 
-Optional ``--train``: training steps/s of the tiny U-Net on the same small data, streamed
-(from the ``.npy`` file, one worker) vs in memory (:func:`physgen.train` on the eager dataset).
+``--train``: training steps/s of the tiny U-Net on small data, streamed (from a ``.npy``
+file, one worker) vs in memory (:func:`physgen.train` on the eager dataset), alternating.
+``--recipe-steps N``: torchcfm's 2-D recipe (OT-CFM, 8 gaussians → moons, batch 256) with
+fresh batches each step, ``physgen.train`` vs a hand-written loop (and the fixed pool).
 
     python benchmarks/data_scale.py --root /tmp/physgen_data_scale \
         --out benchmarks/results/data_scale.h5
@@ -138,32 +140,79 @@ def run_case(path: Path, workers: int, args: argparse.Namespace) -> dict[str, fl
 
 
 def train_rates(root: Path, steps: int, repeats: int) -> dict[str, list[float]]:
-    """Steps/s of the tiny U-Net, EDM, batch 64 on 2k 32×32 images: in memory vs streamed."""
+    """Steps/s of the tiny U-Net, EDM, batch 32 on 2k 3×16×16 uint8 images: in memory
+    (``load_dataset``: float32 on the device) vs streamed (:class:`Streamed`, one worker)."""
     import tempfile
 
-    import torch
-
     import physgen
+    from physgen.data.loader import Streamed
 
-    npy = root / "u8_train2k.npy"
+    npy = root / "u8_train2k_16.npy"
     if not npy.exists():
-        np.save(npy, next(_chunks(2000, 1))[1])
+        np.save(npy, np.random.default_rng(1).integers(0, 256, (2000, 3, 16, 16), np.uint8))
     rates: dict[str, list[float]] = {"memory": [], "stream": []}
     for r in range(repeats):
         for mode in ("memory", "stream") if r % 2 == 0 else ("stream", "memory"):
-            torch.manual_seed(0)
             process = physgen.get_process("edm")
-            net = physgen.get_network("unet", SHAPE, preset="tiny")
-            data: Any = physgen.load_dataset(str(npy), 2000)
-            kw: dict[str, Any] = {"workers": 1, "n_data": "stream"} if mode == "stream" else {}
+            net = physgen.get_network("unet", (3, 16, 16), preset="tiny", seed=0)
+            data: Any = (
+                Streamed(str(npy)) if mode == "stream" else physgen.load_dataset(str(npy), 2000)
+            )
+            kw: dict[str, Any] = {"workers": 1} if mode == "stream" else {}
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                physgen.train(process, net, data, steps=steps, batch_size=64, progress=False,
+                physgen.train(process, net, data, steps=steps, batch_size=32, progress=False,
                               checkpoint=Path(tmp) / "c.safetensors", checkpoint_every=None,
                               **kw)  # fmt: skip
                 rates[mode].append(steps / (time.perf_counter() - t0))
             print(f"repeat {r} {mode:7s} {rates[mode][-1]:6.2f} steps/s", flush=True)
     return rates
+
+
+# -- torchcfm's 2-D recipe: fresh batches each step ------------------------------------------
+
+
+def recipe(steps: int, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """OT-CFM, 8 gaussians → moons, batch 256 (Tong et al. 2024 §5.1, torchcfm's tutorial):
+    loss curves of ``physgen.train`` on the fresh-draw stream, of a hand-written loop drawing
+    fresh moons by hand each step (same process, net, Adam, clipping), and of ``physgen.train``
+    on a fixed pool of 20k moons (the in-memory path)."""
+    import torch
+
+    import physgen
+    from physgen.core.rng import derive_seed
+    from physgen.data.loader import Streamed
+
+    def setup() -> tuple[Any, Any]:
+        process = physgen.get_process("otcfm", source="8gaussians")
+        return process, physgen.get_network("mlp", (2,), seed=0)
+
+    curves: dict[str, np.ndarray] = {}
+    kw: dict[str, Any] = dict(steps=steps, batch_size=batch_size, progress=False, seed=0)
+    process, net = setup()
+    curves["physgen_stream"] = physgen.train(process, net, Streamed("moons"), **kw).losses
+    process, net = setup()
+    pool = physgen.load_dataset("moons", 20_000, seed=0)
+    curves["physgen_pool20k"] = physgen.train(process, net, pool, **kw).losses
+    process, net = setup()  # the hand-written loop
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)  # TrainConfig's default lr
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for step in range(steps):
+        x1 = physgen.load_dataset("moons", batch_size, seed=derive_seed(7, step)).x
+        loss = process.loss(net, x1, step=step, generator=g).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    curves["hand_fresh"] = np.asarray(losses, np.float32)
+    tail = min(1000, steps // 4)
+    for name, c in curves.items():
+        t = c[-tail:]
+        print(f"{name:16s} final loss (mean of last {tail}) {t.mean():.4f} "
+              f"± {t.std() / np.sqrt(tail):.4f}", flush=True)  # fmt: skip
+    return curves
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -176,13 +225,28 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40, help="batches read per case")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--train", action="store_true", help="also time training (tiny U-Net)")
+    ap.add_argument("--train", action="store_true", help="time training only (tiny U-Net)")
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--recipe-steps", type=int, default=0, help="run the 2-D recipe only")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         print(json.dumps(child(args.child, args.workers[0], args.batches, args.batch_size)))
+        return
+    if args.train:
+        rates = train_rates(Path(args.root), args.train_steps, args.repeats)
+        write(Path(args.out).with_name("data_scale_train.h5"), args, {}, rates)
+        return
+    if args.recipe_steps:
+        curves = recipe(args.recipe_steps)
+        out = Path(args.out).with_name("data_stream_recipe.h5")
+        from physgen.io import RunWriter
+
+        with RunWriter(out, config=vars(args), seed=0, device="cpu", overwrite=True) as run:
+            for name, c in curves.items():
+                run.add_curve(name, c)
+                run.add_metric(f"{name}_final_loss", float(c[-min(1000, len(c) // 4) :].mean()))
         return
     paths = build(Path(args.root))
     results: dict[str, dict[str, float]] = {}
@@ -194,8 +258,7 @@ def main() -> None:
             results[f"{name}_w{w}"] = r
             row = f"{r['startup_s']:10.2f} {r['images_per_s']:9.0f} {r['peak_rss_mb']:11.1f}"
             print(f"{name:12s} {w:7d} {row} {r['worker_peak_rss_mb']:9.1f}", flush=True)
-    rates = train_rates(Path(args.root), args.train_steps, args.repeats) if args.train else None
-    write(Path(args.out), args, results, rates)
+    write(Path(args.out), args, results, None)
 
 
 def write(
@@ -223,6 +286,8 @@ def write(
             for mode, values in rates.items():
                 run.add_curve(f"train_{mode}_steps_per_second", np.asarray(values))
             print(f"training steps/s: stream/memory median paired ratio {ratio:.3f}")
+    if not results:
+        return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     names = list(results)
     axes[0].barh(names, [results[c]["images_per_s"] for c in names])
