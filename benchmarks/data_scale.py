@@ -144,9 +144,12 @@ def train_rates(root: Path, steps: int, repeats: int) -> dict[str, list[float]]:
     (``load_dataset``: float32 on the device) vs streamed (:class:`Streamed`, one worker)."""
     import tempfile
 
+    import torch
+
     import physgen
     from physgen.data.loader import Streamed
 
+    torch.set_num_threads(1)  # one thread per process: the worker gets the other core
     npy = root / "u8_train2k_16.npy"
     if not npy.exists():
         np.save(npy, np.random.default_rng(1).integers(0, 256, (2000, 3, 16, 16), np.uint8))
