@@ -1,6 +1,7 @@
 """Distributed training (physgen.training.distributed): a 2-process gloo DDP run equals one process
 with the same global batch split into the same two shards, and its checkpoint resumes in
-one process exactly where the DDP run left off."""
+one process exactly where the DDP run left off; with data in memory and streamed (each rank
+reads only its rows of every global batch)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from physgen.api import get_network, get_process
+from physgen.data.loader import Streamed
 from physgen.io import load_checkpoint_file, read_run
 from physgen.training import train
 
@@ -31,23 +33,25 @@ STEPS = 6
 OPTS: dict[str, Any] = dict(batch_size=16, lr=1e-2, progress=False, log_every=3, seed=5)
 
 
-def _setup() -> tuple[Any, Any, SimpleNamespace]:
+def _setup(kind: str = "memory") -> tuple[Any, Any, Any]:
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(3, (64,), generator=g)
-    data = SimpleNamespace(x=torch.randn(64, 2, generator=g), labels=labels, name="toy")
-    net = get_network("mlp", (2,), num_classes=3, width=16, depth=1)
+    data: Any = SimpleNamespace(x=torch.randn(64, 2, generator=g), labels=labels, name="toy")
+    if kind == "stream":  # fresh 8gaussians draws each step, labelled by mode
+        data = Streamed("8gaussians")
+    net = get_network("mlp", (2,), num_classes=8 if kind == "stream" else 3, width=16, depth=1)
     with torch.no_grad():  # identical, deterministic start on every rank
         for i, p in enumerate(net.parameters()):
             p.copy_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     return get_process("edm"), net, data
 
 
-def _worker(rank: int, world: int, store: str, out: str) -> None:
+def _worker(rank: int, world: int, store: str, out: str, kind: str) -> None:
     torch.set_num_threads(1)
     os.environ["LOCAL_RANK"] = str(rank)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        process, net, data = _setup()
+        process, net, data = _setup(kind)
         ckpt = Path(out) / "ddp.safetensors"
         train(process, net, data, steps=STEPS, checkpoint=ckpt, label_dropout=0.2, **OPTS)
         torch.save({k: v.clone() for k, v in net.state_dict().items()}, Path(out) / f"r{rank}.pt")
@@ -55,11 +59,13 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_rank_gloo_equals_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("kind", ["memory", "stream"])
+def test_two_rank_gloo_equals_one_process(tmp_path: Path, kind: str) -> None:
+    args = (2, str(tmp_path / "store"), str(tmp_path), kind)
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "r0.pt")
     rank1 = torch.load(tmp_path / "r1.pt")
-    process, net, data = _setup()
+    process, net, data = _setup(kind)
     single = train(process, net, data, steps=STEPS, shards=2, label_dropout=0.2, **OPTS)
     one = single.net.state_dict()
     for key, value in one.items():
@@ -75,12 +81,12 @@ def test_two_rank_gloo_equals_one_process(tmp_path: Path) -> None:
     )  # fmt: skip
 
     # Resume the DDP checkpoint in one process (2 shards): same as never stopping.
-    process, net, data = _setup()
+    process, net, data = _setup(kind)
     resumed = train(
         process, net, data, steps=2 * STEPS, shards=2, label_dropout=0.2,
         checkpoint=tmp_path / "ddp.safetensors", resume=True, **OPTS,
     )  # fmt: skip
-    process, net, data = _setup()
+    process, net, data = _setup(kind)
     straight = train(process, net, data, steps=2 * STEPS, shards=2, label_dropout=0.2, **OPTS)
     for key, value in straight.net.state_dict().items():
         torch.testing.assert_close(resumed.net.state_dict()[key], value, rtol=1e-5, atol=1e-6)

@@ -54,7 +54,8 @@ class FieldType(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            if isinstance(value, str) and self.base in (int, float):
+            words = self.field.metadata.get("words", ())
+            if isinstance(value, str) and self.base in (int, float) and value not in words:
                 value = _number(value, self.base, self.field.name)
             return check_value(self.field.name, value, self.base, False, self.field.metadata)
         except ConfigError as err:

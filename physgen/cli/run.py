@@ -71,8 +71,14 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
                               device=device, progress=not run.quiet)  # fmt: skip
         dataset = str(pairs)
         process = get_process(run.process, **{**process_options, "pairs": dataset})
-    data = load_dataset(dataset, n_data, seed=seed, **data_options)
-    _check_teacher_shape(process, data)
+    if n_data == "stream":  # fresh draws, or lazy reads, each step from (seed, step)
+        if run.reflow_from is not None or run.latent is not None:
+            raise ConfigError("--n-data stream does not combine with --reflow-from or --latent")
+        data: Any = _streamed(dataset, data_options)
+    else:
+        data = load_dataset(dataset, n_data, seed=seed, **data_options)
+    if n_data != "stream":
+        _check_teacher_shape(process, data)
     info, device = init_distributed(device)  # torchrun: join the job, one device per rank
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
     conditional = run.class_cond or cfg.label_dropout > 0
@@ -142,6 +148,18 @@ def _check_teacher_shape(process: Any, data: Any) -> None:
             f"--teacher {teacher} was trained on data of shape {tuple(shape)}, this run's "
             f"dataset {data.name!r} has shape {tuple(data.event_shape)}"
         )
+
+
+def _streamed(dataset: str, options: dict[str, str]) -> Any:
+    """``--n-data stream``: the dataset as a :class:`physgen.data.loader.Streamed` (the data
+    options ``flip`` and ``crop`` become on-the-fly augmentation)."""
+    from physgen.core.process import convert_value
+    from physgen.data.loader import Streamed
+
+    opts: dict[str, Any] = dict(options)
+    flip = convert_value(opts.pop("flip", False), False, name="flip", owner="--data-opt")
+    crop = convert_value(opts.pop("crop", 0), 0, name="crop", owner="--data-opt")
+    return Streamed(dataset, opts, flip=flip, crop=crop or None)
 
 
 def _reflow_pairs(

@@ -51,9 +51,11 @@ class TrainRun:
         "Dataset option, repeatable: --data-opt flip=true (mirror images), --data-opt key=x.",
         flag="--data-opt",
     )
-    n_data: int = option(
-        20_000, "Number of training examples drawn from a built-in dataset.", min=2
-    )
+    n_data: int = option(  # or the word "stream"
+        20_000, "Number of training examples drawn from a built-in dataset; 'stream': fresh "
+        "draws every step (a file or folder: read lazily by --workers processes).", min=2,
+        words=("stream",),
+    )  # fmt: skip
     network: str | None = option(
         None, "Backbone name  [default: unet (preset small) for images [C, H, W], else mlp]",
         short="-n",

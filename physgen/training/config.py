@@ -36,14 +36,16 @@ def option(
     default: Any, help: str, *, short: str | None = None, flag: str | None = None,
     min: float | None = None, max: float | None = None, min_open: bool = False,
     max_open: bool = False, choices: tuple[str, ...] | None = None, resume: str = "match",
-    cli: bool = True,
+    cli: bool = True, words: tuple[str, ...] = (),
 ) -> Any:  # fmt: skip
     """A dataclass field with its declaration: ``help`` (one line), an optional ``short`` CLI
     flag (``"-p"``), ``flag`` when the long flag is not the field name (``"--option"``), the
     range and ``choices``; ``resume="free"`` for budget-like options a resumed run may change
-    (``"match"``: it must repeat the checkpoint's value); ``cli=False`` keeps it off the CLI."""
+    (``"match"``: it must repeat the checkpoint's value); ``cli=False`` keeps it off the CLI;
+    ``words`` are strings a numeric option also takes (``--n-data stream``)."""
     meta = dict(help=help, short=short, flag=flag, min=min, max=max, min_open=min_open,
-                max_open=max_open, choices=choices, resume=resume, cli=cli)  # fmt: skip
+                max_open=max_open, choices=choices, resume=resume, cli=cli,
+                words=words)  # fmt: skip
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -92,6 +94,8 @@ def check_value(name: str, value: Any, base: Any, optional: bool, meta: Mapping[
         if optional:
             return None
         raise ConfigError(f"{name} must be given, got None")
+    if isinstance(value, str) and value in meta.get("words", ()):
+        return value
     rng = range_text(meta)
     if base is bool:
         if not isinstance(value, bool):
@@ -198,6 +202,8 @@ class TrainConfig:
     )
     compile: bool = option(False, "torch.compile the network.")
     channels_last: bool = option(False, "channels-last memory format (images).")
+    workers: int = option(0, "DataLoader worker processes reading streamed data.", min=0,
+                          resume="free")  # fmt: skip
 
     def __post_init__(self) -> None:
         validate(self)

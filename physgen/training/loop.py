@@ -193,12 +193,21 @@ def train(
 
         codec = as_codec(latent, data, device)
         data = encode_dataset(data, codec)
+    # A streamed dataset (physgen.data.loader.Streamed) is asked for step k's batch instead.
+    stream = data if callable(getattr(data, "open", None)) else None
+    if stream is not None and latent is not None:
+        raise ConfigError("latent mode needs the data in memory, not streamed")
     net.to(device).train()
     if callable(getattr(process, "setup", None)):
         process.setup(net)  # state that depends on the net (a target copy), before any load
     if isinstance(process, nn.Module):
         process.to(device)
-    x, labels = data_tensors(data, device, net)
+    if stream is None:
+        x, labels = data_tensors(data, device, net)
+    else:  # shape-only stand-ins; the rows come from the source each step
+        x = torch.empty(0, *stream.event_shape, device=device)
+        use = stream.num_classes > 0 and getattr(net, "num_classes", 0) > 0
+        labels = torch.empty(0, dtype=torch.long, device=device) if use else None
     if cfg.label_dropout > 0 and labels is None:
         raise ConfigError("label_dropout needs labelled data and a net with num_classes > 0")
     if cfg.channels_last:
@@ -277,18 +286,31 @@ def train(
         saved = save_state(path, state, done, losses, run_meta, extra, info.is_main)
         saved_step = done
 
+    source = None
+    if stream is not None:  # this rank's rows of every global batch, from (seed, step)
+        where = dict(rank=info.rank, world_size=info.world_size, device=device)
+        source = stream.open(batch_size, seed=cfg.seed, workers=cfg.workers, **where)
+    first = shard_ids[0] * (batch_size // shards) if source is not None else 0
     interrupt = _Interrupt()
     try:
         with interrupt.installed():
             for step in range(start, cfg.steps):
                 interrupt.in_step = True
                 # The step: the batch (with replacement) and its labels, from the data stream.
-                idx = torch.randint(x.shape[0], (batch_size,), generator=state.data_gen,
-                                    device=x.device)  # fmt: skip
-                y = x.index_select(0, idx)
-                cond = labels.index_select(0, idx) if labels is not None else None
+                if source is None:
+                    idx = torch.randint(x.shape[0], (batch_size,), generator=state.data_gen,
+                                        device=x.device)  # fmt: skip
+                    y = x.index_select(0, idx)
+                    cond = labels.index_select(0, idx) if labels is not None else None
+                    if cond is not None and cfg.label_dropout > 0:
+                        u = torch.rand(batch_size, generator=state.data_gen, device=x.device)
+                else:  # this rank's rows only: they start at its first shard
+                    batch = source.batch(step)
+                    y, u = batch.x, batch.u
+                    if cfg.channels_last:
+                        y = y.contiguous(memory_format=torch.channels_last)
+                    cond = batch.labels if labels is not None else None
                 if cond is not None and cfg.label_dropout > 0:  # Ho & Salimans 2022, Alg. 1
-                    u = torch.rand(batch_size, generator=state.data_gen, device=x.device)
                     cond = cond.masked_fill(u < cfg.label_dropout, -1)
                 # Loss and gradient, shard by shard (each with its own noise and dropout
                 # stream); DDP all-reduces with the backward of the last local shard.
@@ -296,7 +318,7 @@ def train(
                 per, count = batch_size // shards, len(shard_ids)
                 total = torch.zeros((), device=x.device)
                 for j, (shard, gen) in enumerate(zip(shard_ids, state.loss_gens, strict=True)):
-                    rows = slice(shard * per, (shard + 1) * per)
+                    rows = slice(shard * per - first, (shard + 1) * per - first)
                     c = cond[rows] if cond is not None else None
                     with seeded_global_rng(cfg.seed, shard, step, x.device):
                         # plugin code: an error names the plugin (physgen.registry.isolation)
@@ -334,6 +356,8 @@ def train(
         raise TrainingInterrupted(saved_step if path is not None else done, saved) from None
     finally:
         bar.close()
+        if source is not None:
+            source.close()
     barrier()  # rank 0's last checkpoint is on disk before any rank returns
     return TrainResult(
         net=net,

@@ -44,7 +44,9 @@ def describe(process: Any, net: nn.Module, data: Any) -> dict[str, Any]:
     (and ``registry_name``/``registry_config`` on a network, where its factory sets them),
     else from the class name; the network config is then empty.
     """
-    x = data.x
+    x = getattr(data, "x", None)  # None: a streamed dataset (physgen.data.loader.Streamed)
+    size = int(x.shape[0]) if x is not None else data.size
+    event_shape = x.shape[1:] if x is not None else data.event_shape
     return {
         "process": {
             "name": getattr(process, "registry_name", None) or type(process).__name__,
@@ -57,8 +59,8 @@ def describe(process: Any, net: nn.Module, data: Any) -> dict[str, Any]:
         },
         "dataset": {
             "name": getattr(data, "name", None),
-            "size": int(x.shape[0]),
-            "event_shape": [int(d) for d in x.shape[1:]],
+            "size": size,
+            "event_shape": [int(d) for d in event_shape],
             "num_classes": int(getattr(data, "num_classes", 0) or 0),
             "info": dict(getattr(data, "info", None) or {}),
         },
