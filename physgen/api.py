@@ -27,10 +27,19 @@ def get_process(name: str, **options: Any) -> Process:
 
 
 def get_network(
-    name: str, event_shape: tuple[int, ...], num_classes: int = 0, **config: Any
+    name: str,
+    event_shape: tuple[int, ...],
+    num_classes: int = 0,
+    *,
+    process: Process | None = None,
+    **config: Any,
 ) -> nn.Module:
     """The registered backbone ``name`` for data of ``event_shape``; ``config`` overrides the
-    network's defaults (unknown keys are a one-line :class:`ConfigError`)."""
+    network's defaults (unknown keys are a one-line :class:`ConfigError`). ``process``: the
+    process the net will serve; one that reads two noise labels per example (a flow map's
+    pair of times, :attr:`Process.noise_labels`) gets a backbone built for them."""
+    if process is not None and process.noise_labels != 1:
+        config = {**config, "noise_labels": process.noise_labels}
     entry = get_registry().network(name)
     unknown = set(config) - set(entry.config)
     if unknown:

@@ -250,7 +250,7 @@ class _Runner:
         process = get_process(p.name, **options)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same initial weights for every process of this seed
-            net = get_network(self.suite.network, train_data.event_shape, 0,
+            net = get_network(self.suite.network, train_data.event_shape, 0, process=process,
                               **self.suite.network_config)  # fmt: skip
         b = self.suite.train
         resumed = ckpt.is_file()

@@ -73,7 +73,7 @@ def run_train(
         network = "unet" if len(shape) == 3 else "mlp"
     with torch.random.fork_rng(devices=[]):  # the init draws from the global RNG: seed it
         torch.manual_seed(seed)  # here so that a rerun (or --resume) reproduces it bitwise
-        net = get_network(network, shape, num_classes, **net_options)
+        net = get_network(network, shape, num_classes, process=process, **net_options)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint.safetensors"
     run_path = out_dir / "train.h5"

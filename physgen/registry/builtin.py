@@ -13,9 +13,9 @@ from physgen.registry.hookspecs import hookimpl
 
 @hookimpl
 def physgen_samplers():
-    from physgen.solvers import multistep, ode, sde
+    from physgen.solvers import flowmap, multistep, ode, sde
 
-    return [*ode.SAMPLERS, *multistep.SAMPLERS, *sde.SAMPLERS]
+    return [*ode.SAMPLERS, *multistep.SAMPLERS, *sde.SAMPLERS, *flowmap.SAMPLERS]
 
 
 @hookimpl

@@ -67,15 +67,15 @@ class GuidedNet:
         self.net, self.scale, self.interval = net, float(scale), interval
         self._time: Tensor | None = None
 
-    def timed(self, fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        """``fn(x, t)`` that first records ``t`` for the guidance interval."""
+    def timed(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``fn(x, t, ...)`` that first records ``t`` for the guidance interval."""
         if self.interval is None:
             return fn
 
-        def call(x: Tensor, t: Tensor) -> Tensor:
+        def call(x: Tensor, t: Tensor, *times: Tensor) -> Tensor:
             self._time = as_time(torch.as_tensor(t, dtype=torch.float64), x.double())
             try:
-                return fn(x, t)
+                return fn(x, t, *times)
             finally:
                 self._time = None
 
