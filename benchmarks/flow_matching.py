@@ -133,8 +133,8 @@ def w2(a: Tensor, b: Tensor) -> float:
 
 
 def make_net(args: argparse.Namespace) -> nn.Module:
-    torch.manual_seed(args.seed)  # the same initial weights for every model
-    return physgen.get_network("mlp", (2,), width=args.width, depth=args.depth)
+    # the same initial weights for every model
+    return physgen.get_network("mlp", (2,), width=args.width, depth=args.depth, seed=args.seed)
 
 
 def train_model(

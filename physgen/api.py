@@ -31,13 +31,18 @@ def get_network(
     event_shape: tuple[int, ...],
     num_classes: int = 0,
     *,
+    seed: int = 0,
     process: Process | None = None,
     **config: Any,
 ) -> nn.Module:
     """The registered backbone ``name`` for data of ``event_shape``; ``config`` overrides the
-    network's defaults (unknown keys are a one-line :class:`ConfigError`). ``process``: the
-    process the net will serve; one that reads two noise labels per example (a flow map's
-    pair of times, :attr:`Process.noise_labels`) gets a backbone built for them."""
+    network's defaults (unknown keys are a one-line :class:`ConfigError`).
+
+    The initial weights are a function of ``seed``: layers draw their initialisation from
+    torch's global CPU generator, so it is seeded here inside ``torch.random.fork_rng`` and the
+    caller's global RNG state is left as it was. ``process``: the process the net will serve;
+    one that reads two noise labels per example (a flow map's pair of times,
+    :attr:`~physgen.core.process.Process.noise_labels`) gets a backbone built for them."""
     if process is not None and process.noise_labels != 1:
         config = {**config, "noise_labels": process.noise_labels}
     entry = get_registry().network(name)
@@ -46,8 +51,12 @@ def get_network(
         known = ", ".join(entry.config) or "none"
         raise ConfigError(f"network {name!r} has no option {sorted(unknown)[0]!r} ({known})")
     merged = {**entry.config, **_typed(config, entry.config)}
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer ≥ 0, got {seed!r}")
     try:
-        net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            net: nn.Module = entry.factory(tuple(event_shape), num_classes, **merged)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"network {name!r}: {err}") from None
     # What a checkpoint needs to rebuild this network by name (see physgen.training.describe).
@@ -69,10 +78,10 @@ class Checkpoint:
 
     path: Path
     process: Process
-    #: the backbone with EMA weights (what sampling should use), in eval mode
+    #: the backbone with the raw (online) weights, as training left them
     net: nn.Module
-    #: the backbone with the raw (online) weights
-    raw_net: nn.Module
+    #: the backbone with the EMA weights (what sampling uses), in eval mode
+    ema: nn.Module
     event_shape: tuple[int, ...]
     num_classes: int
     step: int
@@ -92,7 +101,7 @@ class Checkpoint:
 
         from physgen.sampling import sample
 
-        out = sample(self.process, self.net, self.event_shape, n=n, **kwargs)
+        out = sample(self.process, self.ema, self.event_shape, n=n, **kwargs)
         if self.latent is not None:
             with torch.no_grad():
                 x = self.latent.to(out.x.device).decode(out.x)
@@ -122,7 +131,7 @@ def load_checkpoint(
         num_classes = int(net_meta.get("num_classes", 0))
         process = get_process(proc_meta["name"], **proc_meta["options"])
         net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
-        raw_net = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
+        ema = get_network(net_meta["name"], event_shape, num_classes, **net_meta["config"])
     except PhysgenError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, MemoryError) as err:
@@ -131,9 +140,9 @@ def load_checkpoint(
             f"{path}: checkpoint metadata is incomplete or invalid ({first})"
         ) from None
     try:
-        raw_net.load_state_dict(raw.net)
-        net.load_state_dict(raw.ema or raw.net)
-        process.setup(raw_net)
+        net.load_state_dict(raw.net)
+        ema.load_state_dict(raw.ema or raw.net)
+        process.setup(net)
         if raw.process:
             process.load_state_dict(raw.process)
     except (RuntimeError, KeyError) as err:
@@ -143,15 +152,15 @@ def load_checkpoint(
             f"{path}: weights do not fit the network ({first_line(err)})"
         ) from None
     latent = codec_from_checkpoint(raw, autoencoder)
-    for m in (net, raw_net, process, latent):
+    for m in (net, ema, process, latent):
         if m is not None:
             m.to(device)
-    net.eval()
+    ema.eval()
     return Checkpoint(
         path=path,
         process=process,
         net=net,
-        raw_net=raw_net,
+        ema=ema,
         event_shape=event_shape,
         num_classes=num_classes,
         step=int(meta.get("step", 0)),

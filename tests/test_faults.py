@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -193,12 +194,12 @@ def test_kill_mid_run_file_keeps_previous_bitwise(tmp_path: Path, where: str) ->
 TRAIN_ARGS = (
     "train", "--steps", "12", "--checkpoint-every", "4", "--n-data", "256",
     "--batch-size", "32", "--net-opt", "width=16", "--net-opt", "depth=1",
-    "--ema", "0.9", "--device", "cpu", "-q",
+    "--ema-decay", "0.9", "--device", "cpu", "-q",
 )  # fmt: skip
 
 TRAIN_CHILD = """
 import physgen.io.checkpoint as ck
-import physgen.training.loop as training
+import physgen.training.state as training
 from physgen.cli import main
 
 kill_at = int(sys.argv[1])
@@ -267,6 +268,69 @@ def test_kill_9_during_training_then_resume_is_bitwise(
     loss_a = read_run(straight_run / "train.h5").loss
     loss_b = read_run(killed / "train.h5").loss
     assert loss_a is not None and loss_a.shape == (12,) and np.array_equal(loss_a, loss_b)
+
+
+# -- Ctrl-C: one or two SIGINTs inside a step, then --resume equals the straight run ----------
+
+SIGINT_CHILD = """
+import physgen.training.loop as loop
+from physgen.cli import main
+
+calls, stop_at = [0], int(sys.argv[1])
+real_ema = loop.ema_update
+def ema_update(*args):  # called mid-step: after Adam has updated the weights, before the EMA
+    calls[0] += 1
+    if calls[0] == stop_at:
+        sys.stdout.write("ready\\n")
+        sys.stdout.flush()
+        while not os.path.exists("go"):  # the parent sends its SIGINTs, then creates "go"
+            time.sleep(0.01)
+    return real_ema(*args)
+loop.ema_update = ema_update
+sys.argv = ["physgen", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigint_inside_a_step_exits_130_and_resumes_bitwise(
+    tmp_path: Path, straight_run: Path, signals: int
+) -> None:
+    """Ctrl-C (once, or twice: the second used to abort the step and save its half-updated
+    weights, Adam state and generators as the previous step) while step 6 is in flight: the
+    step finishes, its checkpoint is saved as step 6, the command exits 130 with one line, and
+    --resume reproduces the uninterrupted run bitwise."""
+    out = tmp_path / "run"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_PRELUDE + textwrap.dedent(SIGINT_CHILD))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(script), "6", *TRAIN_ARGS, "--out", str(out)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        readable, _, _ = select.select([child.stdout], [], [], 120)
+        assert readable and child.stdout.readline() == "ready\n", child.poll()
+        for _ in range(signals):
+            child.send_signal(signal.SIGINT)
+            time.sleep(0.2)  # each is handled (by the main thread) before the next
+        (tmp_path / "go").touch()
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, err
+    assert err.strip() == "interrupted at step 6; checkpoint saved, resume with --resume", err
+    ckpt = out / "checkpoint.safetensors"
+    assert load_checkpoint_file(ckpt).step == 6
+    r = _cli(tmp_path, *TRAIN_ARGS, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    a, b = _tensors(straight_run / "checkpoint.safetensors"), _tensors(ckpt)
+    for key in a:  # weights, EMA, optimizer moments, generator states and the loss curve
+        assert torch.equal(a[key], b[key]), key
 
 
 # -- pickles are refused, never executed -------------------------------------------------------

@@ -523,7 +523,7 @@ def test_train_reflow_and_sample_from_checkpoints(tmp_path: Path) -> None:
     out = ckpt.sample(500, sampler="dopri5", steps=1, seed=0)
     assert out.x.shape == (500, 2) and torch.isfinite(out.x).all()
     assert float(out.x.std(0).min()) > 0.3  # spread out, not collapsed
-    assert np.isfinite(straightness(ckpt.process.ode(ckpt.net), torch.randn(64, 2), 20))
+    assert np.isfinite(straightness(ckpt.process.ode(ckpt.ema), torch.randn(64, 2), 20))
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def exact_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class OracleNet(torch.nn.Module):
     """``F(x, [t, r − t]) = u*(x, t, r)``: the exact average velocity of the Gaussian path."""
 
-    def forward(self, x, labels, class_labels=None):  # noqa: ARG002
+    def forward(self, x, labels, class_labels=None):
         t, gap = labels[:, 0], labels[:, 1]
         r = t + gap
         safe = torch.where(gap.abs() > 1e-6, gap, torch.ones_like(gap))

@@ -94,7 +94,7 @@ def train_args(draw: st.DrawFn, data: str) -> list[str]:
         "--n-data": SMALL,
         "--batch-size": SMALL,
         "--lr": mixed(["1e-3", "0.5", "1e300"]),
-        "--ema": mixed(["0", "0.5", "0.999"]),
+        "--ema-decay": mixed(["0", "0.5", "0.999"]),
         "--grad-clip": mixed(["0", "1", "inf"]),
         "--checkpoint-every": SMALL,
         "--seed": mixed(["0", "7", "2147483647"]),

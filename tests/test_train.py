@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from physgen.core.process import Process
 from physgen.errors import CheckpointError, ConfigError, TrainingError
 from physgen.io import load_checkpoint_file
-from physgen.training import describe, train
+from physgen.training import TrainingInterrupted, describe, train
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +155,13 @@ def test_checkpoint_records_meta(tmp_path: Path) -> None:
     assert m["process"] == {"name": "Denoise", "options": {"sigma": 0.5}}
     assert {"count", "target.inp.weight"} <= set(load_checkpoint_file(tmp_path / "c.st").process)
     assert m["network"] == {"name": "tiny", "config": {"hidden": 32}, "num_classes": 3}
-    assert m["dataset"] == {"name": "gmm", "event_shape": [2], "num_classes": 3, "info": {}}
+    assert m["dataset"] == {
+        "name": "gmm",
+        "size": 256,
+        "event_shape": [2],
+        "num_classes": 3,
+        "info": {},
+    }
     assert m["train"]["seed"] == 5 and m["train"]["batch_size"] == 32 and m["step"] == 3
     assert m["optimizer"]["param_groups"][0]["lr"] == 3e-3
 
@@ -197,6 +203,7 @@ class InterruptAt(Denoise):
     def __init__(self, at: int, *, signal: bool = False):
         super().__init__()
         self.at, self.signal = at, signal
+        self.registry_name = "Denoise"  # the same run as Denoise's, with a fault injected
 
     def loss(self, net: Any, y: Tensor, *, step: int = 0, **kw: Any) -> Tensor:
         if step == self.at:
@@ -206,12 +213,20 @@ class InterruptAt(Denoise):
         return super().loss(net, y, step=step, **kw)
 
 
-def test_keyboard_interrupt_writes_checkpoint(tmp_path: Path) -> None:
+def test_keyboard_interrupt_inside_a_step_keeps_the_last_clean_checkpoint(tmp_path: Path) -> None:
+    """A KeyboardInterrupt that lands inside step 17 (no deferring handler: raised by the loss
+    itself) must not save the half-updated state as step 17: the checkpoint of step 15 stays,
+    and resuming from it reproduces the uninterrupted run bitwise."""
+    straight = _run(steps=40)
     path = tmp_path / "c.st"
-    with pytest.raises(KeyboardInterrupt):
-        _run(steps=40, process=InterruptAt(17), checkpoint=path)
+    with pytest.raises(TrainingInterrupted) as stop:
+        _run(steps=40, process=InterruptAt(17), checkpoint=path, checkpoint_every=5)
+    assert (stop.value.step, stop.value.checkpoint) == (15, path)
     raw = load_checkpoint_file(path)
-    assert raw.step == 17 and raw.extra["losses"].shape == (17,)
+    assert raw.step == 15 and raw.extra["losses"].shape == (15,)
+    resumed = _run(steps=40, checkpoint=path, resume=True, checkpoint_every=5)
+    assert np.array_equal(resumed.losses, straight.losses)
+    _assert_same_weights(resumed.net, straight.net)
 
 
 def test_sigint_stops_at_a_step_boundary_and_resumes_exactly(tmp_path: Path) -> None:
@@ -232,7 +247,7 @@ def test_resume_checks(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         _run(resume=True, checkpoint=tmp_path / "missing.st")
     _run(steps=4, checkpoint=tmp_path / "c.st")
-    with pytest.raises(ConfigError, match="batch_size=32, not 16"):
+    with pytest.raises(ConfigError, match="trained with batch_size=32, this run has 16"):
         _run(steps=8, batch_size=16, checkpoint=tmp_path / "c.st", resume=True)
     done = _run(steps=4, checkpoint=tmp_path / "c.st", resume=True)  # already there
     assert done.losses.shape == (4,) and done.checkpoint == tmp_path / "c.st"
@@ -251,3 +266,32 @@ def test_progress_bar_shows_loss(capsys: pytest.CaptureFixture[str]) -> None:
     _run(steps=10, progress=True, log_every=5)
     err = capsys.readouterr().err
     assert "loss=" in err and "step/s" in err
+
+
+def test_get_network_is_seeded_and_leaves_the_global_rng_alone() -> None:
+    """Two calls with the same seed give the same initial weights, whatever the global RNG
+    holds, and leave it untouched; another seed gives another network."""
+    from physgen.api import get_network
+
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    a = get_network("mlp", (2,), width=16, depth=1)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(12)
+    b = get_network("mlp", (2,), width=16, depth=1)
+    c = get_network("mlp", (2,), width=16, depth=1, seed=1)
+    _assert_same_weights(a, b)
+    assert any(not torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=True))
+    with pytest.raises(ConfigError, match="seed must be an integer"):
+        get_network("mlp", (2,), seed=-1)
+
+
+def test_existing_checkpoint_is_refused_without_resume_or_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "c.st"
+    _run(steps=2, checkpoint=path)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="already exists"):
+        _run(steps=2, checkpoint=path)
+    assert path.read_bytes() == before
+    _run(steps=3, checkpoint=path, overwrite=True)
+    assert load_checkpoint_file(path).step == 3

@@ -1,6 +1,6 @@
 """The trainer's handling of torch's global RNG: dropout (which can draw from nowhere else) is
-seeded per step from the run's seed, so resume is bitwise with dropout and training leaves the
-caller's global RNG as it found it."""
+seeded per step from the run's seed (physgen.training.seeding), so resume is bitwise with
+dropout and training leaves the caller's global RNG as it found it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from physgen.api import get_network, get_process
 from physgen.training import train
-from physgen.training._steps import _step_seed
+from physgen.training.seeding import seeded_global_rng
 
 OPTS: dict[str, Any] = dict(batch_size=4, lr=2e-3, progress=False, log_every=2)
 
@@ -42,12 +42,26 @@ def _assert_same_weights(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(x, y), name
 
 
-def test_splitmix64_known_answers() -> None:
-    """The per-step seeds are the SplitMix64 stream (Steele et al. 2014); from state 0 its
-    first outputs are the published 0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F
-    (as the xoshiro authors' reference splitmix64.c prints them), kept to 63 bits."""
-    expected = [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
-    assert [_step_seed(0, k) for k in range(3)] == [v >> 1 for v in expected]
+def test_dropout_stream_is_a_function_of_seed_shard_and_step() -> None:
+    """The global-RNG draws inside ``seeded_global_rng`` depend on (seed, shard, step) only:
+    the same triple repeats them whatever the global state was, changing any one changes them,
+    and the caller's global state is restored."""
+    cpu = torch.device("cpu")
+
+    def draw(seed: int, shard: int, step: int) -> Tensor:
+        torch.manual_seed(seed * 1000 + step)  # a different global state each call
+        with seeded_global_rng(seed, shard, step, cpu):
+            return torch.rand(8)
+
+    base = draw(0, 0, 5)
+    assert torch.equal(draw(0, 0, 5), base)
+    for other in ((1, 0, 5), (0, 1, 5), (0, 0, 6)):
+        assert not torch.equal(draw(*other), base), other
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    with seeded_global_rng(0, 0, 5, cpu):
+        torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_dropout_resume_is_bitwise_exact(tmp_path: Path) -> None:

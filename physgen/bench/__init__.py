@@ -21,7 +21,7 @@ from __future__ import annotations
 from physgen.bench.report import Report, report
 from physgen.bench.runner import BenchRun, run_bench, steps_for_budget
 from physgen.bench.store import BenchFile, read_bench
-from physgen.bench.suite import ProcessSpec, Suite, TrainBudget, load_suite, parse_suite
+from physgen.bench.suite import ProcessSpec, Suite, load_suite, parse_suite
 
 __all__ = [
     "BenchFile",
@@ -29,7 +29,6 @@ __all__ = [
     "ProcessSpec",
     "Report",
     "Suite",
-    "TrainBudget",
     "load_suite",
     "parse_suite",
     "read_bench",

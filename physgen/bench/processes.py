@@ -113,10 +113,8 @@ def _preflight(spec: ProcessSpec, suite: Suite) -> None:
     try:
         data = load_dataset(suite.datasets[0], 8, seed=0)
         process = get_process(spec.name, **spec.options)
-        with torch.random.fork_rng(devices=[]):  # the default init draws from the global RNG
-            net = get_network(
-                suite.network, data.event_shape, 0, process=process, **suite.network_config
-            )
+        net = get_network(suite.network, data.event_shape, 0, process=process,
+                          **suite.network_config)  # fmt: skip
         process.setup(net)
         with torch.no_grad():
             process.loss(net, data.x, generator=torch.Generator().manual_seed(0))

@@ -248,20 +248,17 @@ class _Runner:
             else:
                 options["teacher"] = str(teacher)
         process = get_process(p.name, **options)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the same initial weights for every process of this seed
-            net = get_network(self.suite.network, train_data.event_shape, 0, process=process,
-                              **self.suite.network_config)  # fmt: skip
+        # the same initial weights for every process of this seed
+        net = get_network(self.suite.network, train_data.event_shape, 0, seed=seed,
+                          process=process, **self.suite.network_config)  # fmt: skip
         b = self.suite.train
         resumed = ckpt.is_file()
         start = int(read_checkpoint_meta(ckpt).get("step", 0)) if resumed else 0
         try:
             res = train(
-                process, net.to(self.device), train_data, steps=b.steps,
-                batch_size=b.batch_size, lr=b.lr, ema_decay=b.ema,
-                grad_clip=b.grad_clip or None, seed=seed, device=self.device, checkpoint=ckpt,
-                checkpoint_every=max(100, b.steps // 5), resume=resumed,
-                meta=describe(process, net, train_data), progress=self.progress,
+                process, net.to(self.device), train_data, b, seed=seed,
+                checkpoint_every=max(100, b.steps // 5), device=self.device, checkpoint=ckpt,
+                resume=resumed, meta=describe(process, net, train_data), progress=self.progress,
             )  # fmt: skip
         except TrainingError as err:
             self.note(f"{run}: training failed ({err}); its cells are left out")
@@ -270,7 +267,7 @@ class _Runner:
             "dataset": label, "process": p.label, "process_name": p.name,
             "options": process.options_dict(), "teacher": p.teacher, "seed": seed,
             "network": self.suite.network, "network_config": self.suite.network_config,
-            "steps": b.steps, "batch_size": b.batch_size, "lr": b.lr, "ema": b.ema,
+            "steps": b.steps, "batch_size": b.batch_size, "lr": b.lr, "ema_decay": b.ema_decay,
             "grad_clip": b.grad_clip, "wall_seconds": res.wall_seconds,
             "resumed_from_step": start,
             "final_loss": float(res.losses[-max(1, len(res.losses) // 10) :].mean()),
@@ -310,7 +307,7 @@ class _Runner:
         model = load_checkpoint(ckpt, device=self.device)
         for sampler, budget in todo:
             spec = get_registry().sampler(sampler)
-            grid = _view_grid(model.process, model.net, spec.view)
+            grid = _view_grid(model.process, model.ema, spec.view)
             steps, cost = steps_for_budget(spec, grid, budget)
             name = f"{run}.{sampler}.nfe{budget}"
             self.bar.set_postfix_str(name, refresh=False)
@@ -318,7 +315,7 @@ class _Runner:
                 self.note(f"{name}: skipped, one step of {sampler} costs {cost} NFE")
                 self.bar.update(1)
                 continue
-            s = sample(model.process, model.net, model.event_shape, n=self.suite.n_samples,
+            s = sample(model.process, model.ema, model.event_shape, n=self.suite.n_samples,
                        sampler=sampler, steps=steps, seed=seed, device=self.device)  # fmt: skip
             x = s.x.float().cpu()
             metrics = self._metrics(x, reference, seed)

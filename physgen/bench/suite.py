@@ -12,11 +12,11 @@ A suite file (every key optional; these are the built-in defaults)::
     n_samples = 1000                     # samples per cell, and fresh reference examples
     metrics = ["sliced_w2", "mmd"]       # registered metric names
 
-    [train]                              # one budget for every process
+    [train]                              # one budget for every process (physgen.TrainConfig)
     steps = 1500
     batch_size = 256
     lr = 2e-3
-    ema = 0.995
+    ema_decay = 0.995
     grad_clip = 1.0
 
     [network]                            # one backbone for every process
@@ -51,13 +51,14 @@ from pathlib import Path
 from typing import Any
 
 from physgen.errors import ConfigError
+from physgen.training.config import TrainConfig, config_from
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["DEFAULT_METRICS", "ProcessSpec", "Suite", "TrainBudget", "load_suite", "parse_suite"]
+__all__ = ["BUDGET", "DEFAULT_METRICS", "ProcessSpec", "Suite", "load_suite", "parse_suite"]
 
 #: Metrics of the built-in suite (those installed); a suite file lists its own.
 DEFAULT_METRICS = ("sliced_w2", "mmd")
@@ -75,15 +76,10 @@ _TOP = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TrainBudget:
-    """The training budget every process gets (see :func:`physgen.train`)."""
-
-    steps: int = 1500  # optimizer steps
-    batch_size: int = 256  # examples per step
-    lr: float = 2e-3  # Adam learning rate
-    ema: float = 0.995  # EMA decay of the weights used for sampling
-    grad_clip: float = 1.0  # gradient-norm clip (0: off)
+#: The fields of :class:`physgen.training.TrainConfig` a suite's ``[train]`` table sets (the
+#: same names, types and ranges), and the bench's defaults where they differ from the CLI's.
+BUDGET = ("steps", "batch_size", "lr", "ema_decay", "grad_clip")
+BUDGET_DEFAULTS = TrainConfig(steps=1500, ema_decay=0.995)
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,8 @@ class Suite:
     n_data: int = 20_000
     n_samples: int = 1000
     metrics: tuple[str, ...] = DEFAULT_METRICS
-    train: TrainBudget = TrainBudget()
+    #: the training budget (the :data:`BUDGET` fields; the others keep TrainConfig's defaults)
+    train: TrainConfig = BUDGET_DEFAULTS
     network: str = "mlp"
     network_config: dict[str, Any] = field(default_factory=dict)
     #: why processes of ``processes = "all"`` were left out (not part of the comparison key)
@@ -121,6 +118,7 @@ class Suite:
         """Plain JSON values (lists, not tuples), as the run file's ``/config`` holds them."""
         out = dataclasses.asdict(self)
         out.pop("notes")
+        out["train"] = {k: out["train"][k] for k in BUDGET}
         loaded: dict[str, Any] = json.loads(json.dumps(out))
         return loaded
 
@@ -198,14 +196,6 @@ def _int(value: Any, name: str, minimum: int) -> int:
         what = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
         raise ConfigError(f"{name} must be {what}, got {value!r}")
     return value
-
-
-def _float(value: Any, name: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ConfigError(f"{name} must be {'> 0' if positive else '≥ 0'}, got {value!r}")
-    return float(value)
 
 
 def _ints(value: Any, name: str, minimum: int) -> tuple[int, ...]:
@@ -331,16 +321,10 @@ def check_sampler(name: str, where: str = "samplers") -> Any:
     return spec
 
 
-def _train(table: dict[str, Any]) -> TrainBudget:
-    d = TrainBudget()
-    unknown_keys(table, {f.name for f in dataclasses.fields(TrainBudget)}, "train.")
-    ema = _float(table.get("ema", d.ema), "train.ema", positive=False)
-    if ema >= 1:
-        raise ConfigError(f"train.ema must be in [0, 1), got {ema!r}")
-    return TrainBudget(
-        steps=_int(table.get("steps", d.steps), "train.steps", 1),
-        batch_size=_int(table.get("batch_size", d.batch_size), "train.batch_size", 1),
-        lr=_float(table.get("lr", d.lr), "train.lr", positive=True),
-        ema=ema,
-        grad_clip=_float(table.get("grad_clip", d.grad_clip), "train.grad_clip", positive=False),
-    )
+def _train(table: dict[str, Any]) -> TrainConfig:
+    unknown_keys(table, set(BUDGET), "train.")
+    try:
+        budget: TrainConfig = config_from(TrainConfig, table, "train", base=BUDGET_DEFAULTS)
+    except ConfigError as err:
+        raise ConfigError(f"train.{err}") from None
+    return budget

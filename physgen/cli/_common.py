@@ -57,13 +57,6 @@ def option_params(ctx: click.Context) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in ctx.params.items()}
 
 
-seed_option = click.option(
-    "--seed",
-    type=click.IntRange(0, 2**31 - 1),
-    default=0,
-    show_default=True,
-    help="Seed for every random draw (data, initialisation, noise).",
-)
 device_option = click.option(
     "--device",
     default="auto",

@@ -15,113 +15,96 @@ from physgen.data import load_dataset
 from physgen.io import RunWriter, read_checkpoint_meta
 
 
-def run_train(
-    *,
-    out_dir: Path,
-    process_name: str,
-    process_options: dict[str, str],
-    dataset: str,
-    n_data: int,
-    data_options: dict[str, str] | None = None,
-    network: str | None,
-    net_options: dict[str, str],
-    steps: int,
-    reflow: tuple[str, int, str] | None = None,
-    batch_size: int,
-    lr: float,
-    ema: float,
-    grad_clip: float,
-    checkpoint_every: int,
-    resume: bool,
-    seed: int,
-    device: torch.device,
-    progress: bool,
-    config: dict[str, Any],
-    command: str,
-    class_cond: bool = False,
-    label_dropout: float = 0.0,
-    latent: str | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
-    channels_last: bool = False,
-    shards: int | None = None,
-) -> None:
-    from physgen.training import describe, train
+def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
+    """``physgen train``: ``run`` is a :class:`physgen.cli.train.TrainRun`, ``cfg`` the
+    loop's :class:`physgen.training.TrainConfig`."""
+    from physgen.cli._common import (
+        check_new,
+        command_line,
+        option_params,
+        parse_pairs,
+        resolve_device,
+    )
+    from physgen.errors import ConfigError
+    from physgen.training import TrainingInterrupted, describe, train
     from physgen.training.distributed import init_distributed
     from physgen.training.latent import resolve_latent
 
-    # Validate everything cheap before any work: names, options, data.
-    process = get_process(process_name, **process_options)
-    if reflow is not None:
-        pairs = _reflow_pairs(process, out_dir, *reflow, resume=resume, seed=seed, device=device)
+    # Validate everything cheap before any work: names, options, files, data.
+    process_options = parse_pairs(run.process_options, "--option")
+    if run.teacher is not None:
+        process_options["teacher"] = run.teacher
+    if run.reflow_from is not None and "pairs" in process_options:
+        raise ConfigError("--reflow-from writes the pair file itself; drop -o pairs=...")
+    source = Path(run.reflow_from).parent.name if run.reflow_from else Path(run.dataset).stem
+    out_dir = Path(run.out or f"runs/{run.process}-{source}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out: Directory {str(out_dir)!r} is a file")
+    checkpoint = out_dir / "checkpoint.safetensors"
+    if run.resume and not checkpoint.exists():
+        raise ConfigError(f"--resume: no checkpoint in {out_dir}")
+    if not run.resume:
+        check_new(checkpoint, run.overwrite)
+    device = resolve_device(run.device)
+    seed, dataset, n_data = cfg.seed, run.dataset, run.n_data
+    data_options = parse_pairs(run.data_options, "--data-opt")
+    process = get_process(run.process, **process_options)
+    if run.reflow_from is not None:
+        reflow = (run.reflow_from, run.reflow_pairs or n_data, run.reflow_sampler)
+        pairs = _reflow_pairs(process, out_dir, *reflow, resume=run.resume, seed=seed,
+                              device=device)  # fmt: skip
         dataset = str(pairs)
-        process = get_process(process_name, **{**process_options, "pairs": dataset})
-    data = load_dataset(dataset, n_data, seed=seed, **(data_options or {}))
+        process = get_process(run.process, **{**process_options, "pairs": dataset})
+    data = load_dataset(dataset, n_data, seed=seed, **data_options)
     info, device = init_distributed(device)  # torchrun: join the job, one device per rank
     # Unconditional: class-conditional training (with label dropout for guidance) is opt-in.
-    num_classes = data.num_classes if (class_cond or label_dropout > 0) else 0
-    if (class_cond or label_dropout > 0) and not num_classes:
-        from physgen.errors import ConfigError
-
+    conditional = run.class_cond or cfg.label_dropout > 0
+    num_classes = data.num_classes if conditional else 0
+    if conditional and not num_classes:
         raise ConfigError(f"--class-cond/--label-dropout: dataset {data.name!r} has no labels")
     codec = None
-    if latent is not None:
-        ckpt_file = out_dir / "checkpoint.safetensors"
-        codec = resolve_latent(latent, data, ckpt_file if resume else None, seed, device)
+    if run.latent is not None:
+        codec = resolve_latent(run.latent, data, checkpoint if run.resume else None, seed, device)
     shape = codec.latent_shape if codec is not None else data.event_shape
-    if network is None:  # the backbone that fits the data: images [C, H, W] or vectors
-        network = "unet" if len(shape) == 3 else "mlp"
-    with torch.random.fork_rng(devices=[]):  # the init draws from the global RNG: seed it
-        torch.manual_seed(seed)  # here so that a rerun (or --resume) reproduces it bitwise
-        net = get_network(network, shape, num_classes, process=process, **net_options)
+    # The backbone that fits the data: images [C, H, W] or vectors.
+    network = run.network or ("unet" if len(shape) == 3 else "mlp")
+    net_options = parse_pairs(run.net_options, "--net-opt")
+    net = get_network(network, shape, num_classes, seed=seed, process=process, **net_options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = out_dir / "checkpoint.safetensors"
     run_path = out_dir / "train.h5"
     meta = describe(process, net, data)
-    if reflow is not None:  # metrics compare a reflowed model with the teacher's data
-        meta["dataset"]["reference"] = _reference_name(read_checkpoint_meta(reflow[0]))
-    result = train(
-        process,
-        net.to(device),
-        data,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema_decay=ema,
-        grad_clip=grad_clip,
-        seed=seed,
-        device=device,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        meta=meta,
-        progress=progress,
-        label_dropout=label_dropout,
-        shards=shards,
-        precision=precision,
-        compile=compile,
-        channels_last=channels_last,
-        latent=codec,
-    )
+    meta["dataset"]["options"] = data_options  # a resumed run must load the same data
+    if run.reflow_from is not None:  # metrics compare a reflowed model with the teacher's data
+        meta["dataset"]["reference"] = _reference_name(read_checkpoint_meta(run.reflow_from))
+    try:
+        result = train(
+            process, net.to(device), data, cfg, device=device, checkpoint=checkpoint,
+            resume=run.resume, overwrite=run.overwrite, meta=meta, progress=not run.quiet,
+            latent=codec,
+        )  # fmt: skip
+    except TrainingInterrupted as stop:
+        where = "checkpoint saved" if stop.checkpoint else "no checkpoint yet"
+        click.echo(f"interrupted at step {stop.step}; {where}, resume with --resume", err=True)
+        ctx.exit(130)
     if not info.is_main:  # rank 0 writes the run file and plots
         return
     with RunWriter(
-        run_path, config=config, seed=seed, device=device, command=command, overwrite=True
-    ) as run:
-        run.add_curve("loss", result.losses)
-        run.add_metric("steps_per_second", result.steps / max(result.wall_seconds, 1e-9))
-        run.add_metric("final_loss", float(result.losses[-100:].mean()))
-        run.set_attrs(
-            process=process_name,
+        run_path, config=option_params(ctx), seed=seed, device=device, command=command_line(),
+        overwrite=True,
+    ) as writer:  # fmt: skip
+        writer.add_curve("loss", result.losses)
+        writer.add_metric("steps_per_second", result.steps / max(result.wall_seconds, 1e-9))
+        writer.add_metric("final_loss", float(result.losses[-100:].mean()))
+        writer.set_attrs(
+            process=run.process,
             dataset=data.name,
             network=network,
             wall_seconds=result.wall_seconds,
         )
-    plot_curves(
-        out_dir / "loss.png", {"loss": result.losses}, title=f"{process_name} on {data.name}"
-    )
+    name = run.process
+    plot_curves(out_dir / "loss.png", {"loss": result.losses}, title=f"{name} on {data.name}")
     click.echo(
-        f"trained {process_name} on {data.name} for {result.steps} steps in "
+        f"trained {name} on {data.name} for {result.steps} steps in "
         f"{result.wall_seconds:.1f} s ({result.steps / max(result.wall_seconds, 1e-9):.0f} "
         f"steps/s); final loss {float(result.losses[-100:].mean()):.4g}\n"
         f"checkpoint: {checkpoint}\nrun file:   {run_path}\nloss plot:  {out_dir / 'loss.png'}"
@@ -187,7 +170,7 @@ def run_sample(
     ) as bar:
         result = sample(
             ckpt.process,
-            ckpt.net,
+            ckpt.ema,
             ckpt.event_shape,
             n=n,
             sampler=sampler,
@@ -219,7 +202,7 @@ def run_sample(
             for name in ("sliced_w2", "mmd"):
                 fn = reg.metric(name).fn
                 scores[name] = float(fn(x, reference, generator=gen))
-            prior = ckpt.process.view(spec.view, ckpt.net).prior(
+            prior = ckpt.process.view(spec.view, ckpt.ema).prior(
                 (n, *ckpt.event_shape), generator=torch.Generator().manual_seed(seed + 1)
             )
             if ckpt.latent is not None:
@@ -298,7 +281,7 @@ def _nll(ckpt: Any, n: int, seed: int, device: torch.device) -> dict[str, float]
     data = _reference(ckpt.meta, n, seed + 1)
     if data is None:
         raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")
-    view = ckpt.process.view("ode", ckpt.net)
+    view = ckpt.process.view("ode", ckpt.ema)
     if view.prior_logp is None:
         raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
     return nll(view, data.to(device), divergence="exact").as_dict()
@@ -310,7 +293,7 @@ def _straightness(ckpt: Any, n: int, seed: int, device: torch.device) -> float:
     from physgen.core.rng import StackedGenerator
     from physgen.sampling.reflow import straightness
 
-    view = ckpt.process.view("ode", ckpt.net)
+    view = ckpt.process.view("ode", ckpt.ema)
     gen = StackedGenerator.for_samples(seed, 0, n, device)
     x0 = view.prior((n, *ckpt.event_shape), generator=gen, device=device, dtype=torch.float32)
     with torch.no_grad():

@@ -1,22 +1,15 @@
-"""``physgen sample``."""
+"""``physgen sample``: its options are the fields of :class:`SampleConfig`, derived by
+:mod:`physgen.cli.options`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from physgen.cli._common import (
-    check_new,
-    command_line,
-    device_option,
-    option_params,
-    overwrite_option,
-    parse_pairs,
-    quiet_option,
-    resolve_device,
-    seed_option,
-)
+from physgen.cli.options import check_env, click_options
+from physgen.training.config import option, validate
 
 EPILOG = """\b
 Examples:
@@ -34,169 +27,114 @@ and a PNG of the samples beside it. Samplers must fit the process's views: `phys
 lists each sampler's view, and a mismatch names the samplers that do fit."""
 
 
+@dataclass(frozen=True)
+class SampleConfig:
+    """The options of ``physgen sample`` (``PHYSGEN_SAMPLE_*``, ``[sample]`` in --config)."""
+
+    sampler: str = option("heun", "Sampler name (see `physgen plugins`).", short="-s")
+    steps: int = option(
+        18, "Grid steps (Heun on a grid ending at σ=0 spends 2·steps−1 NFE).", min=1
+    )
+    num_samples: int = option(2000, "Number of samples.", short="-n", min=1)
+    sampler_options: tuple[str, ...] = option(
+        (), "Sampler option, repeatable: --opt S_churn=40.", flag="--opt"
+    )
+    schedule: str | None = option(
+        None,
+        "σ-schedule replacing the process's grid, same endpoints (denoiser/score samplers): "
+        "karras, logsnr, time_uniform.",
+    )
+    schedule_options: tuple[str, ...] = option(
+        (), "Schedule option, repeatable: --schedule-opt rho=5.", flag="--schedule-opt"
+    )
+    guidance: float = option(
+        1.0,
+        "Classifier-free guidance scale w: 0 unconditional, 1 conditional, >1 guided "
+        "(class-conditional checkpoints).",
+    )
+    guidance_interval: tuple[float, float] | None = option(
+        None, "Guide only at view times in [LO, HI] (σ; t for flow-matching ODE samplers)."
+    )
+    class_label: int | None = option(
+        None, "Class of every sample  [default: cycle through the classes]", flag="--class", min=0
+    )
+    batch_size: int = option(4096, "Samples per batch (results do not depend on it).", min=1)
+    out: str | None = option(
+        None, "Run file  [default: samples-<sampler>-<steps>.h5 beside the checkpoint]"
+    )
+    metrics: bool = option(
+        True, "Compare with fresh data from the training dataset (sliced W2, MMD)."
+    )
+    nll: int = option(
+        0,
+        "Also compute the exact negative log-likelihood (nats per example, bits per dimension) "
+        "of this many fresh data points through the PF-ODE (dopri5, exact divergence; any "
+        "process with an ode view and a prior density).",
+        min=0,
+    )
+    straightness: int = option(
+        256,
+        "Straightness of the learned ODE (Liu et al. 2023: mean squared deviation of the "
+        "velocity from the straight chord, 0 for straight paths) from this many prior draws, "
+        "RK4 on 64 steps; 0 turns it off. Processes with an ode view only.",
+        min=0,
+    )
+    seed: int = option(
+        0, "Seed for every random draw (noise, reference data).", min=0, max=2**31 - 1
+    )
+    device: str = option("auto", "Torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    overwrite: bool = option(False, "Replace existing output files instead of refusing.")
+    quiet: bool = option(False, "No progress bars.", short="-q")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 @click.command(epilog=EPILOG)
 @click.argument(
     "checkpoint", type=click.Path(dir_okay=False), default="runs/edm-moons/checkpoint.safetensors"
 )
-@click.option(
-    "--sampler",
-    "-s",
-    default="heun",
-    show_default=True,
-    help="Sampler name (see `physgen plugins`).",
-)
-@click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=18,
-    show_default=True,
-    help="Grid steps (Heun on a grid ending at σ=0 spends 2·steps−1 NFE).",
-)
-@click.option(
-    "-n",
-    "--num-samples",
-    type=click.IntRange(min=1),
-    default=2000,
-    show_default=True,
-    help="Number of samples.",
-)
-@click.option(
-    "--opt",
-    "sampler_options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Sampler option, repeatable: --opt S_churn=40.",
-)
-@click.option(
-    "--schedule",
-    default=None,
-    metavar="NAME",
-    help="σ-schedule replacing the process's grid, same endpoints (denoiser/score samplers): "
-    "karras, logsnr, time_uniform.",
-)
-@click.option(
-    "--schedule-opt",
-    "schedule_options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Schedule option, repeatable: --schedule-opt rho=5.",
-)
-@click.option(
-    "--guidance",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Classifier-free guidance scale w: 0 unconditional, 1 conditional, >1 guided "
-    "(class-conditional checkpoints).",
-)
-@click.option(
-    "--guidance-interval",
-    type=(float, float),
-    default=None,
-    metavar="LO HI",
-    help="Guide only at view times in [LO, HI] (σ; t for flow-matching ODE samplers).",
-)
-@click.option(
-    "--class",
-    "class_label",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Class of every sample  [default: cycle through the classes]",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=4096,
-    show_default=True,
-    help="Samples per batch (results do not depend on it).",
-)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Run file  [default: samples-<sampler>-<steps>.h5 beside the checkpoint]",
-)
-@click.option(
-    "--metrics/--no-metrics",
-    default=True,
-    show_default=True,
-    help="Compare with fresh data from the training dataset (sliced W2, MMD).",
-)
-@click.option(
-    "--nll",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Also compute the exact negative log-likelihood (nats per example, bits per "
-    "dimension) of this many fresh data points through the PF-ODE (dopri5, exact divergence; "
-    "any process with an ode view and a prior density).",
-)
-@click.option(
-    "--straightness",
-    type=click.IntRange(min=0),
-    default=256,
-    show_default=True,
-    help="Straightness of the learned ODE (Liu et al. 2023: mean squared deviation of the "
-    "velocity from the straight chord, 0 for straight paths) from this many prior draws, "
-    "RK4 on 64 steps; 0 turns it off. Processes with an ode view only.",
-)
-@seed_option
-@device_option
-@overwrite_option
-@quiet_option
+@click_options("sample", SampleConfig)
 @click.pass_context
-def sample(
-    ctx: click.Context,
-    checkpoint: str,
-    sampler: str,
-    steps: int,
-    num_samples: int,
-    sampler_options: tuple[str, ...],
-    schedule: str | None,
-    schedule_options: tuple[str, ...],
-    guidance: float,
-    guidance_interval: tuple[float, float] | None,
-    class_label: int | None,
-    batch_size: int,
-    out: str | None,
-    metrics: bool,
-    nll: int,
-    straightness: int,
-    seed: int,
-    device: str,
-    overwrite: bool,
-    quiet: bool,
-) -> None:
+def sample(ctx: click.Context, checkpoint: str, **values: object) -> None:
     """Draw samples from a trained checkpoint with any sampler its process can serve."""
+    from physgen.cli._common import (
+        check_new,
+        command_line,
+        option_params,
+        parse_pairs,
+        resolve_device,
+    )
     from physgen.cli.run import run_sample
+    from physgen.errors import ConfigError
 
+    check_env("sample", SampleConfig)
+    c = SampleConfig(**values)  # type: ignore[arg-type]
     ckpt = Path(checkpoint)
-    out_path = Path(out) if out else ckpt.parent / f"samples-{sampler}-{steps}.h5"
+    out_path = Path(c.out) if c.out else ckpt.parent / f"samples-{c.sampler}-{c.steps}.h5"
     if out_path.suffix not in (".h5", ".hdf5"):
-        from physgen.errors import ConfigError
-
         raise ConfigError(f"--out must end in .h5 or .hdf5, got {out_path.name}")
-    check_new(out_path, overwrite)
+    check_new(out_path, c.overwrite)
     run_sample(
         checkpoint=ckpt,
         out_path=out_path,
-        sampler=sampler,
-        steps=steps,
-        n=num_samples,
-        sampler_options=parse_pairs(sampler_options, "--opt"),
-        schedule=schedule,
-        schedule_options=parse_pairs(schedule_options, "--schedule-opt"),
-        batch_size=batch_size,
-        metrics=metrics,
-        nll=nll,
-        straightness=straightness,
-        seed=seed,
-        device=resolve_device(device),
-        progress=not quiet,
-        overwrite=overwrite,
+        sampler=c.sampler,
+        steps=c.steps,
+        n=c.num_samples,
+        sampler_options=parse_pairs(c.sampler_options, "--opt"),
+        schedule=c.schedule,
+        schedule_options=parse_pairs(c.schedule_options, "--schedule-opt"),
+        batch_size=c.batch_size,
+        metrics=c.metrics,
+        nll=c.nll,
+        straightness=c.straightness,
+        seed=c.seed,
+        device=resolve_device(c.device),
+        progress=not c.quiet,
+        overwrite=c.overwrite,
         config=option_params(ctx),
         command=command_line(),
-        guidance=guidance,
-        guidance_interval=guidance_interval,
-        class_label=class_label,
+        guidance=c.guidance,
+        guidance_interval=c.guidance_interval,
+        class_label=c.class_label,
     )

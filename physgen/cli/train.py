@@ -1,22 +1,15 @@
-"""``physgen train``."""
+"""``physgen train``: its options are the fields of :class:`TrainRun` (what the command
+builds) and :class:`physgen.training.TrainConfig` (the loop's), derived by
+:mod:`physgen.cli.options`."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import click
 
-from physgen.cli._common import (
-    check_new,
-    command_line,
-    device_option,
-    option_params,
-    overwrite_option,
-    parse_pairs,
-    quiet_option,
-    resolve_device,
-    seed_option,
-)
+from physgen.cli.options import check_env, click_options, split
+from physgen.training.config import TrainConfig, option, validate
 
 EPILOG = """\b
 Examples:
@@ -25,6 +18,7 @@ Examples:
   physgen train --dataset my_points.npy --steps 20000 --net-opt width=256
   physgen train --dataset digits --steps 2000     # images: U-Net (preset small) by default
   physgen train --out runs/edm-moons --resume     # continue from the last checkpoint
+  PHYSGEN_TRAIN_OPTION="D=128 rho=7" physgen train -p pfgmpp   # -o through the environment
   physgen train -d digits --label-dropout 0.1     # class-conditional, for --guidance
   physgen train -d digits --latent ae --precision bf16 --compile
   torchrun --nproc-per-node 2 -m physgen train -d digits   # DDP, one rank per GPU
@@ -38,242 +32,89 @@ runs code), train.h5 (options, versions, loss curve) and loss.png. With --reflow
 holds reflow_pairs.npz; chaining --reflow-from runs gives 2-, 3-, ... rectified flows."""
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """What ``physgen train`` builds around the loop: process, data, network, files."""
+
+    process: str = option("edm", "Process to train (list them with `physgen plugins`).", short="-p")
+    process_options: tuple[str, ...] = option(
+        (), "Process option, repeatable: -o D=128 -o sigma_max=20.", short="-o", flag="--option"
+    )
+    dataset: str = option(
+        "moons",
+        "Built-in dataset name, a .npy/.npz/.h5 file of shape [n, ...], or a folder of images "
+        "(labels from sub-folders).",
+        short="-d",
+    )
+    data_options: tuple[str, ...] = option(
+        (),
+        "Dataset option, repeatable: --data-opt flip=true (mirror images), --data-opt key=x.",
+        flag="--data-opt",
+    )
+    n_data: int = option(
+        20_000, "Number of training examples drawn from a built-in dataset.", min=2
+    )
+    network: str | None = option(
+        None, "Backbone name  [default: unet (preset small) for images [C, H, W], else mlp]",
+        short="-n",
+    )  # fmt: skip
+    net_options: tuple[str, ...] = option(
+        (), "Backbone option, repeatable: --net-opt width=256.", flag="--net-opt"
+    )
+    class_cond: bool = option(False, "Class-conditional network (the dataset's labels).")
+    latent: str | None = option(
+        None,
+        "Train in an autoencoder's latent space: 'ae' trains one on the data first, PATH loads "
+        "one from a latent-mode checkpoint.",
+    )
+    teacher: str | None = option(
+        None, "Teacher checkpoint, for distillation processes (sets -o teacher=PATH)."
+    )
+    reflow_from: str | None = option(
+        None,
+        "Reflow: integrate this checkpoint's ODE (any ODE process) from fresh noise, store the "
+        "(noise, sample) pairs in the run directory and train on them (sets -o pairs=FILE; the "
+        "process needs a 'pairs' option, e.g. rectified).",
+    )
+    reflow_pairs: int | None = option(
+        None, "Number of reflow pairs to generate  [default: --n-data]", min=2
+    )
+    reflow_sampler: str = option(
+        "dopri5", "Deterministic sampler that integrates the teacher's ODE for --reflow-from."
+    )
+    out: str | None = option(
+        None,
+        "Run directory  [default: runs/<process>-<dataset>, or runs/<process>-<teacher run> "
+        "with --reflow-from]",
+    )
+    resume: bool = option(False, "Continue from the run directory's checkpoint.")
+    device: str = option(
+        "auto",
+        "Torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...",
+    )
+    overwrite: bool = option(False, "Replace existing output files instead of refusing.")
+    quiet: bool = option(False, "No progress bars.", short="-q")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 @click.command(epilog=EPILOG)
-@click.option(
-    "--process",
-    "-p",
-    default="edm",
-    show_default=True,
-    help="Process to train (list them with `physgen plugins`).",
-)
-@click.option(
-    "--option",
-    "-o",
-    "process_options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Process option, repeatable: -o D=128 -o sigma_max=20.",
-)
-@click.option(
-    "--dataset",
-    "-d",
-    default="moons",
-    show_default=True,
-    help="Built-in dataset name, a .npy/.npz/.h5 file of shape [n, ...], or a folder of images "
-    "(labels from sub-folders).",
-)
-@click.option(
-    "--data-opt",
-    "data_options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Dataset option, repeatable: --data-opt flip=true (mirror images), --data-opt key=x.",
-)
-@click.option(
-    "--n-data",
-    type=click.IntRange(min=2),
-    default=20_000,
-    show_default=True,
-    help="Number of training examples drawn from a built-in dataset.",
-)
-@click.option(
-    "--network",
-    "-n",
-    default=None,
-    help="Backbone name  [default: unet (preset small) for images [C, H, W], else mlp]",
-)
-@click.option(
-    "--net-opt",
-    "net_options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Backbone option, repeatable: --net-opt width=256.",
-)
-@click.option(
-    "--steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Optimizer steps."
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2e-3,
-    show_default=True,
-    help="Adam learning rate.",
-)
-@click.option(
-    "--ema",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.999,
-    show_default=True,
-    help="EMA decay of the weights used for sampling.",
-)
-@click.option(
-    "--grad-clip",
-    type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="Clip the gradient norm to this value (0: off).",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=1),
-    default=1000,
-    show_default=True,
-    help="Write a checkpoint every this many steps.",
-)
-@click.option(
-    "--teacher",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Teacher checkpoint, for distillation processes (sets -o teacher=PATH).",
-)
-@click.option(
-    "--reflow-from",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Reflow: integrate this checkpoint's ODE (any ODE process) from fresh noise, store the "
-    "(noise, sample) pairs in the run directory and train on them (sets -o pairs=FILE; the "
-    "process needs a 'pairs' option, e.g. rectified).",
-)
-@click.option(
-    "--reflow-pairs",
-    type=click.IntRange(min=2),
-    default=None,
-    help="Number of reflow pairs to generate  [default: --n-data]",
-)
-@click.option(
-    "--reflow-sampler",
-    default="dopri5",
-    show_default=True,
-    help="Deterministic sampler that integrates the teacher's ODE for --reflow-from.",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Run directory  [default: runs/<process>-<dataset>, or runs/<process>-<teacher run> "
-    "with --reflow-from]",
-)
-@click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint.")
-@click.option(
-    "--class-cond", is_flag=True, help="Class-conditional network (the dataset's labels)."
-)
-@click.option(
-    "--label-dropout",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Probability of training a label as 'none' (classifier-free guidance; implies "
-    "--class-cond).",
-)
-@click.option(
-    "--latent",
-    default=None,
-    metavar="ae|PATH",
-    help="Train in an autoencoder's latent space: 'ae' trains one on the data first, PATH "
-    "loads one from a latent-mode checkpoint.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="bf16: autocast the loss (weights, EMA and optimizer state stay fp32).",
-)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the network.")
-@click.option("--channels-last", is_flag=True, help="channels-last memory format (images).")
-@click.option(
-    "--shards",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Split each batch into this many shards with their own noise (gradient "
-    "accumulation)  [default: the torchrun world size]",
-)
-@seed_option
-@device_option
-@overwrite_option
-@quiet_option
+@click_options("train", TrainRun, TrainConfig)
 @click.pass_context
-def train(
-    ctx: click.Context,
-    process: str,
-    process_options: tuple[str, ...],
-    dataset: str,
-    data_options: tuple[str, ...],
-    n_data: int,
-    network: str | None,
-    net_options: tuple[str, ...],
-    steps: int,
-    batch_size: int,
-    lr: float,
-    ema: float,
-    grad_clip: float,
-    checkpoint_every: int,
-    teacher: str | None,
-    reflow_from: str | None,
-    reflow_pairs: int | None,
-    reflow_sampler: str,
-    out: str | None,
-    resume: bool,
-    class_cond: bool,
-    label_dropout: float,
-    latent: str | None,
-    precision: str,
-    compile_: bool,
-    channels_last: bool,
-    shards: int | None,
-    seed: int,
-    device: str,
-    overwrite: bool,
-    quiet: bool,
-) -> None:
+def train(ctx: click.Context, **values: object) -> None:
     """Train a generative process on a dataset with the shared backbone.
 
     Every process trains through the same loop (Adam, EMA, gradient clipping, atomic
-    checkpoints with exact resume); only its loss differs.
+    checkpoints with exact resume); only its loss differs. Options also come from
+    PHYSGEN_TRAIN_<FLAG> variables and the [train] table of --config (command line first).
     """
     from physgen.cli.run import run_train
-    from physgen.errors import ConfigError
 
-    options = parse_pairs(process_options, "--option")
-    if teacher is not None:
-        options["teacher"] = teacher
-    if reflow_from is not None and "pairs" in options:
-        raise ConfigError("--reflow-from writes the pair file itself; drop -o pairs=...")
-    source = Path(reflow_from).parent.name if reflow_from else Path(dataset).stem
-    out_dir = Path(out or f"runs/{process}-{source}")
-    checkpoint = out_dir / "checkpoint.safetensors"
-    if resume and not checkpoint.exists():
-        raise ConfigError(f"--resume: no checkpoint in {out_dir}")
-    if not resume:
-        check_new(checkpoint, overwrite)
-    run_train(
-        out_dir=out_dir,
-        process_name=process,
-        process_options=options,
-        dataset=dataset,
-        n_data=n_data,
-        data_options=parse_pairs(data_options, "--data-opt"),
-        reflow=(reflow_from, reflow_pairs or n_data, reflow_sampler) if reflow_from else None,
-        network=network,
-        net_options=parse_pairs(net_options, "--net-opt"),
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        ema=ema,
-        grad_clip=grad_clip,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        seed=seed,
-        device=resolve_device(device),
-        progress=not quiet,
-        config=option_params(ctx),
-        command=command_line(),
-        class_cond=class_cond,
-        label_dropout=label_dropout,
-        latent=latent,
-        precision=precision,
-        compile=compile_,
-        channels_last=channels_last,
-        shards=shards,
-    )
+    check_env("train", TrainRun, TrainConfig)
+    run, loop = split(values, TrainRun, TrainConfig)
+    try:
+        run_train(TrainRun(**run), TrainConfig(**loop), ctx)
+    except KeyboardInterrupt:  # outside the loop (data, autoencoder, reflow pairs, run file)
+        click.echo("interrupted outside the training loop; no checkpoint written now", err=True)
+        ctx.exit(130)

@@ -57,6 +57,7 @@ def embed_labels(embed: nn.Module, noise_label: Tensor, batch: int, k: int) -> T
     if noise_label.ndim == 1 and noise_label.shape[0] == k:
         noise_label = noise_label.expand(batch, k)
     if noise_label.shape != (batch, k):
-        raise ValueError(f"expected {k} noise labels per example [{batch}, {k}], got "
-                         f"{list(noise_label.shape)}")
+        raise ValueError(
+            f"expected {k} noise labels per example [{batch}, {k}], got {list(noise_label.shape)}"
+        )
     return torch.cat([embed(noise_label[:, j]) for j in range(k)], dim=1)

@@ -234,7 +234,7 @@ def reflow_dataset(
         "teacher_step": ckpt.step,
     }
     return write_pairs(
-        ckpt.process, ckpt.net, ckpt.event_shape, n, out_path=out_path, sampler=sampler,
+        ckpt.process, ckpt.ema, ckpt.event_shape, n, out_path=out_path, sampler=sampler,
         steps=steps, seed=seed, batch_size=batch_size, options=options, meta=meta,
         overwrite=overwrite,
     )  # fmt: skip

@@ -1,7 +1,35 @@
-"""Training: the process-agnostic loop (:mod:`physgen.training.loop`), its seeding, data-parallel
-training under ``torchrun`` (:mod:`physgen.training.distributed`) and latent mode
-(:mod:`physgen.training.latent`)."""
+"""Training: the options (:mod:`physgen.training.config`), the process-agnostic loop
+(:mod:`physgen.training.loop`), its seeding (:mod:`physgen.training.seeding`), the run's state
+on disk (:mod:`physgen.training.state`), data-parallel training under ``torchrun``
+(:mod:`physgen.training.distributed`) and latent mode (:mod:`physgen.training.latent`).
 
-from physgen.training.loop import RESUME_KEYS, TrainResult, describe, train
+Names are imported lazily, so that reading :class:`TrainConfig` (the CLI does, to build its
+options) does not import torch.
+"""
 
-__all__ = ["RESUME_KEYS", "TrainResult", "describe", "train"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "TrainConfig": "physgen.training.config",
+    "RESUME_KEYS": "physgen.training.state",
+    "describe": "physgen.training.state",
+    "TrainResult": "physgen.training.loop",
+    "TrainingInterrupted": "physgen.training.loop",
+    "train": "physgen.training.loop",
+}
+__all__ = ["RESUME_KEYS", "TrainConfig", "TrainResult", "TrainingInterrupted", "describe", "train"]
+
+if TYPE_CHECKING:
+    from physgen.training.config import TrainConfig
+    from physgen.training.loop import TrainingInterrupted, TrainResult, train
+    from physgen.training.state import RESUME_KEYS, describe
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'physgen.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,76 +1,70 @@
-"""The process-agnostic training loop: Adam, EMA, gradient clipping, atomic checkpoints and
-exact resume.
+"""The process-agnostic training loop, top to bottom: :func:`train`.
 
-One step: draw ``batch_size`` indices with replacement from the data generator, ask the
-process for the per-example loss (its own noise comes from a second generator), take the
-mean, clip the gradient norm, step Adam, update the EMA, call ``process.after_step``.
-Layers that can only draw from torch's global RNG (dropout) get it seeded from (seed, shard,
-step) for the forward and backward of each shard, inside ``torch.random.fork_rng``, so the
-caller's global RNG state is left unchanged. The two generator states, the weights, the EMA,
-the optimizer and the process state are therefore the whole training state: a run
-interrupted at step k and resumed from its checkpoint reproduces the uninterrupted loss curve
-bitwise on the CPU, with dropout too. The state and its step live in
-:mod:`physgen.training._trainer`, the step loop in :mod:`physgen.training._steps`; this
-module checks the
-options, writes and reads the checkpoints and drives both.
+One step draws ``batch_size`` indices with replacement from the data generator, asks the
+process for the per-example loss (its noise from the shard's own generator), takes the mean,
+clips the gradient norm, steps Adam, updates the EMA and calls ``process.after_step``. Every
+random draw is a function of (seed, shard, step) (:mod:`physgen.training.seeding`), and the
+weights, EMA, optimizer, process state and generator states are the whole training state
+(:mod:`physgen.training.state`): a run interrupted at step k and resumed from its checkpoint
+reproduces the uninterrupted loss curve bitwise on the CPU, dropout included.
 
-The loop never syncs with the device per step: losses stay on the device and are copied to
-the host every ``log_every`` steps (and before every checkpoint), where they are checked for
-non-finite values. Checkpoints are therefore only written from states whose losses were all
-finite.
+The loop never syncs with the device per step: losses stay on the device and are copied to the
+host every ``log_every`` steps (and before every checkpoint), where they are checked for
+non-finite values, so a checkpoint only holds states whose losses were all finite. Checkpoints
+are written atomically and only at clean step boundaries: Ctrl-C sets a flag the loop reads
+between steps (a second Ctrl-C during a step waits for its end), and an interruption that does
+land inside a step (no handler installed) keeps the last checkpoint instead of saving a
+half-updated state.
 
-Adam is the fused implementation where torch has one for the device (CPU and CUDA since
-torch 2.4). The EMA is ``ema ← ema + (1 − decay)(θ − ema)``, one ``torch._foreach_lerp_`` per
-step. (``torch.optim.swa_utils.AveragedModel`` computes the same average, but its
-``update_parameters`` reads its ``n_averaged`` buffer on the host twice per step, a device
-sync each time on a GPU.)
-
+Adam is the fused implementation where torch has one for the device. The EMA is
+:func:`physgen.core.ema.ema_update` with the warm-up decay ``min(decay, (1 + k)/(10 + k))``.
 Options beyond the loop: ``label_dropout`` replaces a label by −1 ("no label") with
-probability p, drawn from the data generator, so one net learns the conditional and the
-unconditional model for classifier-free guidance (Ho & Salimans 2022, Algorithm 1);
-``precision="bf16"`` runs the loss under ``torch.autocast`` (weights, EMA and Adam state stay
-float32); ``compile`` trains through ``torch.compile(net)`` while checkpoints hold the
-original module's weights; ``channels_last`` for image data; ``shards`` and DDP
-(:mod:`physgen.training.distributed`); ``latent`` trains in an autoencoder's latent space
+probability p (Ho & Salimans 2022, Algorithm 1); ``precision="bf16"`` runs the loss under
+``torch.autocast``; ``compile`` trains through ``torch.compile(net)``; ``channels_last`` for
+images; ``shards`` and DDP (:mod:`physgen.training.distributed`); ``latent``
 (:mod:`physgen.training.latent`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
+from tqdm.auto import tqdm
 
-from physgen.errors import CheckpointError, ConfigError, DataError
-from physgen.io import (
-    load_checkpoint_file,
-    restore_module,
-    restore_optimizer,
-    save_checkpoint,
+from physgen.core.ema import ema_update
+from physgen.errors import ConfigError, TrainingError
+from physgen.training.config import TrainConfig, config_from
+from physgen.training.distributed import barrier, dist_info, mean_over_ranks
+from physgen.training.seeding import data_seed, generator, noise_seed, seeded_global_rng
+from physgen.training.state import (
+    TrainState,
+    data_tensors,
+    full_meta,
+    restore_state,
+    save_state,
 )
-from physgen.training._steps import Loop
-from physgen.training._trainer import Trainer, rng_key
-from physgen.training.distributed import all_gather_objects, barrier, dist_info
 
-__all__ = ["RESUME_KEYS", "TrainResult", "describe", "train"]
-
-#: Training options that must match between a checkpoint and the run resuming it.
-RESUME_KEYS = ("batch_size", "lr", "ema_decay", "grad_clip", "seed", "label_dropout", "shards")
-PRECISIONS = ("fp32", "bf16")
+__all__ = ["TrainResult", "TrainingInterrupted", "train"]
 
 
 @dataclass
 class TrainResult:
     """What :func:`train` returns."""
 
-    #: the trained network (the object passed in, on the training device)
+    #: the trained network with the raw (online) weights: the object passed in, on the device
     net: nn.Module
-    #: a copy of the network holding the EMA weights, float32, in eval mode
+    #: a copy of the network holding the EMA weights (what sampling uses), float32, eval mode
     ema: nn.Module
     #: float32 ``[steps]``: the mean loss of every step from step 0 (earlier runs included)
     losses: np.ndarray
@@ -80,227 +74,110 @@ class TrainResult:
     wall_seconds: float
     #: the last checkpoint written, if any
     checkpoint: Path | None = None
+    #: the options the run used (``shards`` resolved)
+    config: TrainConfig | None = None
 
 
-def _module_device(net: nn.Module) -> torch.device:
-    p = next(iter(net.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`train` at a clean step boundary. ``step`` is the step of the
+    checkpoint on disk (``checkpoint``, None without one), from which a resume is exact."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint"
+        super().__init__(f"interrupted at step {step}; {where}")
+        self.step, self.checkpoint = step, checkpoint
 
 
-def _options(process: Any) -> dict[str, Any]:
-    options_dict = getattr(process, "options_dict", None)
-    return options_dict() if callable(options_dict) else {}
+class _Interrupt:
+    """Ctrl-C as a flag the loop reads between steps. A second Ctrl-C outside a step raises at
+    once; inside a step it waits for the step's end, so no half-updated state is ever saved.
+    Installed only in the main thread, and only over Python's default SIGINT handler."""
 
+    def __init__(self) -> None:
+        self.requested, self.in_step = False, False
 
-class _Trainer(Trainer):
-    """The training state with its checkpoint: :meth:`save` and :meth:`restore`."""
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested and not self.in_step:
+            raise KeyboardInterrupt
+        self.requested = True
 
-    def save(
-        self, path: Path, step: int, losses: np.ndarray, meta: dict[str, Any],
-        extra: dict[str, Tensor] | None = None,
-    ) -> Path:  # fmt: skip
-        """Write the checkpoint (rank 0; every rank must call this: it gathers the shards'
-        generator states)."""
-        rng = {"data": self.data_gen.get_state()}
-        pairs = zip(self.shard_ids, self.loss_gens, strict=True)
-        local = {rng_key(s): g.get_state() for s, g in pairs}
-        for states in all_gather_objects(local):
-            rng.update(states)
-        if not self.info.is_main:
-            return path
-        process = self.process if isinstance(self.process, nn.Module) else None
-        curve = torch.from_numpy(np.ascontiguousarray(losses, np.float32))
-        return save_checkpoint(
-            path,
-            net=self.net,
-            ema=self.ema,
-            process=process,
-            optimizer=self.optimizer,
-            meta={**meta, "step": step},
-            rng_state=rng,
-            extra={**(extra or {}), "losses": curve},
-        )
-
-    def restore(self, path: Path, options: dict[str, Any]) -> tuple[int, np.ndarray]:
-        """Load a checkpoint written by :meth:`save`; returns (step, losses so far)."""
-        raw = load_checkpoint_file(path)
-        saved = raw.meta.get("train", {})
-        for key in RESUME_KEYS:
-            if key in saved and saved[key] != options[key]:
-                raise ConfigError(
-                    f"{path} was trained with {key}={saved[key]!r}, not {options[key]!r}; "
-                    "exact resume needs the same value"
-                )
-        restore_module(self.net, raw, "net")
-        restore_module(self.ema, raw, "ema")
-        if isinstance(self.process, nn.Module):
-            restore_module(self.process, raw, "process")
-        restore_optimizer(self.optimizer, raw)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Interrupt]:
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield self
+            return
+        signal.signal(signal.SIGINT, self._handler)
         try:
-            self.data_gen.set_state(raw.rng["data"])
-            for shard, gen in zip(self.shard_ids, self.loss_gens, strict=True):
-                gen.set_state(raw.rng[rng_key(shard)])
-        except (KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: unusable generator state ({err})") from None
-        losses = raw.extra.get("losses", torch.zeros(0)).numpy()
-        if losses.shape != (raw.step,):
-            raise CheckpointError(f"{path}: loss curve does not match step {raw.step}")
-        return raw.step, losses
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _data_tensors(data: Any, device: torch.device, net: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """The data (float, on ``device``) and the class labels when the net is conditional."""
-    x = torch.as_tensor(data.x)
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise DataError(f"training data must be [n ≥ 1, *event_shape], got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.float()
-    labels = getattr(data, "labels", None)
-    if labels is None or getattr(net, "num_classes", 0) <= 0:
-        return x.to(device), None
-    labels = torch.as_tensor(labels).to(device=device, dtype=torch.long)
-    if labels.shape != (x.shape[0],):
-        raise DataError(f"{x.shape[0]} examples but labels of shape {tuple(labels.shape)}")
-    return x.to(device), labels
-
-
-def describe(process: Any, net: nn.Module, data: Any) -> dict[str, Any]:
-    """Checkpoint metadata naming what was trained: ``{"process": {name, options}, "network":
-    {name, config}, "dataset": {name, event_shape, num_classes, info}}``.
-
-    Names come from the ``registry_name`` attribute that :func:`physgen.api.get_process` sets
-    (and ``registry_name``/``registry_config`` on a network, where its factory sets them),
-    else from the class name; the network config is then empty.
-    """
-    x = data.x
-    return {
-        "process": {
-            "name": getattr(process, "registry_name", None) or type(process).__name__,
-            "options": _options(process),
-        },
-        "network": {
-            "name": getattr(net, "registry_name", None) or type(net).__name__,
-            "config": dict(getattr(net, "registry_config", None) or {}),
-            "num_classes": int(getattr(net, "num_classes", 0) or 0),
-        },
-        "dataset": {
-            "name": getattr(data, "name", None),
-            "event_shape": [int(d) for d in x.shape[1:]],
-            "num_classes": int(getattr(data, "num_classes", 0) or 0),
-            "info": dict(getattr(data, "info", None) or {}),
-        },
-    }
-
-
-def _meta(meta: dict[str, Any] | None, process: Any, net: nn.Module, data: Any) -> dict[str, Any]:
-    """The caller's ``meta`` over :func:`describe` (merged one level deep)."""
-    out: dict[str, Any] = describe(process, net, data)
-    for key, value in (meta or {}).items():
-        base = out.get(key)
-        out[key] = (
-            {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
-        )
-    return out
-
-
-def _validate(
-    steps: int, batch_size: int, lr: float, ema_decay: float, grad_clip: float | None,
-    log_every: int, checkpoint_every: int | None, resume: bool, checkpoint: Any,
-) -> None:  # fmt: skip
-    checks = [
-        (steps >= 1, f"steps must be ≥ 1, got {steps}"),
-        (batch_size >= 1, f"batch_size must be ≥ 1, got {batch_size}"),
-        (0 < lr < float("inf"), f"lr must be finite and > 0, got {lr}"),
-        (0 <= ema_decay <= 1, f"ema_decay must be in [0, 1], got {ema_decay}"),
-        (grad_clip is None or grad_clip > 0, f"grad_clip must be > 0 or None, got {grad_clip}"),
-        (log_every >= 1, f"log_every must be ≥ 1, got {log_every}"),
-        (
-            checkpoint_every is None or checkpoint_every >= 1,
-            f"checkpoint_every must be ≥ 1 or None, got {checkpoint_every}",
-        ),
-        (not resume or checkpoint is not None, "resume=True needs a checkpoint path"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
-def _validate_extras(
-    label_dropout: float, shards: int, batch_size: int, world_size: int, precision: str
-) -> None:
-    checks = [
-        (0 <= label_dropout < 1, f"label_dropout must be in [0, 1), got {label_dropout}"),
-        (precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {precision!r}"),
-        (shards >= 1 and batch_size % shards == 0,
-         f"batch_size {batch_size} must be a multiple of shards={shards}"),
-        (shards % world_size == 0,
-         f"shards={shards} must be a multiple of the {world_size} distributed ranks"),
-    ]  # fmt: skip
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Fused Adam (one kernel over all parameters) where this torch and device have it."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
 
 
 def train(
     process: Any,
     net: nn.Module,
     data: Any,
+    config: TrainConfig | None = None,
     *,
-    steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 1e-3,
-    ema_decay: float = 0.999,
-    grad_clip: float | None = 1.0,
-    seed: int = 0,
     device: torch.device | str | None = None,
     checkpoint: str | Path | None = None,
-    checkpoint_every: int | None = 500,
     resume: bool = False,
+    overwrite: bool = False,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
-    log_every: int = 50,
-    label_dropout: float = 0.0,
-    shards: int | None = None,
-    precision: str = "fp32",
-    compile: bool = False,
-    channels_last: bool = False,
     latent: Any = None,
+    **options: Any,
 ) -> TrainResult:
-    """Train ``net`` on ``data`` with ``process.loss`` for ``steps`` steps in total.
+    """Train ``net`` on ``data`` with ``process.loss``; the options are a :class:`TrainConfig`
+    (``config``, default ``TrainConfig()``) with ``options`` over it, as keywords of the same
+    names (``train(p, net, data, steps=500, lr=1e-3)``); an unknown name is a ConfigError.
 
     ``data`` needs ``.x`` (``[n, *event_shape]``) and may have ``.labels`` (``[n]`` int),
-    ``.name`` and ``.num_classes``; it is moved to ``device`` (default: the net's) once.
-    Labels are passed as ``cond`` when ``data.labels`` is not None and the net has an
-    attribute ``num_classes > 0``. ``grad_clip=None`` disables clipping.
+    ``.name`` and ``.num_classes``; it is moved to ``device`` (default: the net's) once. Labels
+    are passed as ``cond`` when the net has ``num_classes > 0``.
 
-    ``checkpoint`` is written atomically every ``checkpoint_every`` steps (None: only at the
-    end), at the end, and on KeyboardInterrupt. ``resume=True`` continues from it exactly
-    (same ``RESUME_KEYS`` options required); ``steps`` is the total, so it may be raised.
-    Losses are copied to the host every ``log_every`` steps (no per-step sync); a non-finite
-    loss raises :class:`TrainingError` at the next copy, and the last checkpoint on disk is the
-    last finite state. ``meta`` (``process``/``network``/``dataset`` names and configs) is stored
-    in the checkpoint; missing entries are filled from the objects.
-
-    ``label_dropout`` (p ∈ [0, 1)) trains a conditional net for classifier-free guidance.
-    ``shards`` (default: the DDP world size, 1 without DDP) splits each batch into that many
-    equal shards with their own noise generators (gradient accumulation); under ``torchrun``
-    each rank trains its share of the shards (:mod:`physgen.training.distributed`), and rank 0
-    writes the
-    checkpoint. ``precision`` is ``"fp32"`` or ``"bf16"`` (autocast on the data's device).
-    ``compile`` uses ``torch.compile(net)`` for the loss. ``channels_last`` needs image data
-    ``[n, C, H, W]``. ``latent`` (a :class:`physgen.training.latent.LatentCodec`, or any module with
-    ``encode``/``decode``, scaled here to unit-std latents) trains ``net`` on the encoded data;
-    the checkpoint records the autoencoder so sampling can decode.
+    ``checkpoint`` is written atomically every ``checkpoint_every`` steps, at the end and on
+    Ctrl-C (then :class:`TrainingInterrupted` is raised); an existing file is refused unless
+    ``resume`` (continue from it exactly; ``steps`` is the total, so it may be raised; the run
+    must be the same run, see :func:`physgen.training.state.check_same_run`) or ``overwrite``.
+    A non-finite loss raises :class:`~physgen.errors.TrainingError`. ``meta`` is stored in the
+    checkpoint over :func:`physgen.training.describe`. ``latent`` (a
+    :class:`physgen.training.latent.LatentCodec`, or a module with ``encode``/``decode``)
+    trains ``net`` on the encoded data.
     """
+    # Options.
+    cfg = config_from(TrainConfig, options, "train()", base=config)
     info = dist_info()
-    shards = info.world_size if shards is None else shards
-    _validate(
-        steps, batch_size, lr, ema_decay, grad_clip, log_every, checkpoint_every, resume,
-        checkpoint,
-    )  # fmt: skip
-    _validate_extras(label_dropout, shards, batch_size, info.world_size, precision)
+    cfg = config_from(TrainConfig, {"shards": cfg.shards or info.world_size}, "train()", cfg)
+    shards, batch_size = int(cfg.shards or 1), cfg.batch_size
+    if batch_size % shards or shards % info.world_size:
+        raise ConfigError(
+            f"batch_size {batch_size} must be a multiple of shards={shards}, and shards a "
+            f"multiple of the {info.world_size} distributed ranks"
+        )
+    path = Path(checkpoint) if checkpoint is not None else None
+    if resume and path is None:
+        raise ConfigError("resume=True needs a checkpoint path")
+    if path is not None and not resume and not overwrite and path.exists():
+        raise ConfigError(f"{path} already exists (resume=True continues it, overwrite=True "
+                          "replaces it)")  # fmt: skip
     start_time = time.perf_counter()
-    device = torch.device(device) if device is not None else _module_device(net)
+
+    # Setup: device, data, network, process.
+    if device is None:
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    device = torch.device(device)
     codec = None
     if latent is not None:
         from physgen.training.latent import as_codec, encode_dataset
@@ -308,51 +185,152 @@ def train(
         codec = as_codec(latent, data, device)
         data = encode_dataset(data, codec)
     net.to(device).train()
-    setup = getattr(process, "setup", None)
-    if callable(setup):
-        setup(net)  # state that depends on the net (a target copy), before any load
+    if callable(getattr(process, "setup", None)):
+        process.setup(net)  # state that depends on the net (a target copy), before any load
     if isinstance(process, nn.Module):
         process.to(device)
-    x, labels = _data_tensors(data, device, net)
-    if label_dropout > 0 and labels is None:
+    x, labels = data_tensors(data, device, net)
+    if cfg.label_dropout > 0 and labels is None:
         raise ConfigError("label_dropout needs labelled data and a net with num_classes > 0")
-    if channels_last:
+    if cfg.channels_last:
         if x.ndim != 4:
             raise ConfigError(f"channels_last needs image data [n, C, H, W], got {list(x.shape)}")
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x = x.contiguous(memory_format=torch.channels_last)
-    options = {
-        "steps": steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
-        "grad_clip": grad_clip, "seed": seed, "device": str(device),
-        "label_dropout": label_dropout, "shards": shards, "precision": precision,
-        "compile": compile, "channels_last": channels_last, "world_size": info.world_size,
-    }  # fmt: skip
-    full_meta = {**_meta(meta, process, net, data), "train": options}
+    run_meta = full_meta(meta, process, net, data)
+    run_meta["train"] = {**asdict(cfg), "device": str(device), "world_size": info.world_size}
     extra = {}
     if codec is not None:  # the net models latents: that is the shape to rebuild it with
-        full_meta["dataset"]["event_shape"] = [int(d) for d in x.shape[1:]]
-        full_meta["latent"] = codec.meta()
+        run_meta["dataset"]["event_shape"] = [int(d) for d in x.shape[1:]]
+        run_meta["latent"] = codec.meta()
         extra = codec.tensors()
-    trainer = _Trainer(
-        process, net, x, labels, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-        grad_clip=grad_clip, seed=seed, label_dropout=label_dropout, shards=shards,
-        precision=precision, compile=compile,
-    )  # fmt: skip
-    path = Path(checkpoint) if checkpoint is not None else None
-    start, history = 0, np.zeros(0, np.float32)
+
+    # Training state: DDP and compile wrap what the loss calls; checkpoints hold `net`.
+    ddp: Any = None
+    fwd_net: Any = net
+    if info.enabled:  # DDP broadcasts rank 0's weights, so the EMA copy comes after
+        ids = [x.device.index] if x.device.type == "cuda" else None
+        fwd_net = ddp = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if cfg.compile:
+        fwd_net = torch.compile(fwd_net)
+    params = [p for p in net.parameters() if p.requires_grad]
+    per_rank = shards // info.world_size
+    shard_ids = list(range(info.rank * per_rank, (info.rank + 1) * per_rank))
+    state = TrainState(
+        net=net,
+        ema=copy.deepcopy(net).float().eval().requires_grad_(False),
+        process=process,
+        optimizer=_adam(params, cfg.lr),
+        data_gen=generator(data_seed(cfg.seed), x.device),
+        shard_ids=shard_ids,
+        loss_gens=[generator(noise_seed(cfg.seed, s), x.device) for s in shard_ids],
+    )
+    autocast: Any = (
+        contextlib.nullcontext
+        if cfg.precision == "fp32"
+        else lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)
+    )
+
+    def no_sync(skip: bool) -> Any:
+        return ddp.no_sync() if skip and ddp is not None else contextlib.nullcontext()
+
+    # Resume.
+    start, chunks = 0, [np.zeros(0, np.float32)]
+    saved, saved_step = None, -1
     if resume and path is not None:
-        start, history = trainer.restore(path, options)
+        start, history = restore_state(path, state, run_meta)
+        chunks, saved, saved_step = [history], path, start
+    pending: list[torch.Tensor] = []  # device losses not yet copied to the host
+    done = start
     show = progress and info.is_main
-    loop = Loop(trainer, path, full_meta, steps, log_every, checkpoint_every, show, extra)
-    if resume:
-        loop.saved, loop.saved_step = path, start
-    losses = loop.run(start, history)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not show, unit="step",
+               dynamic_ncols=True, desc="train")  # fmt: skip
+
+    def flush() -> None:
+        """Copy the pending losses to the host (one sync) and check them."""
+        if not pending:
+            return
+        chunk = mean_over_ranks(torch.stack(pending).float()).cpu().numpy()
+        pending.clear()
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise TrainingError(f"non-finite loss {chunk[i]} at step {done - len(chunk) + i}")
+        chunks.append(chunk)
+        bar.set_postfix(loss=f"{chunk.mean():.4g}", refresh=False)
+        bar.update(len(chunk))
+
+    def save() -> None:
+        nonlocal saved, saved_step
+        if path is None or done == saved_step:
+            return
+        losses = np.concatenate(chunks)
+        saved = save_state(path, state, done, losses, run_meta, extra, info.is_main)
+        saved_step = done
+
+    interrupt = _Interrupt()
+    try:
+        with interrupt.installed():
+            for step in range(start, cfg.steps):
+                interrupt.in_step = True
+                # The step: the batch (with replacement) and its labels, from the data stream.
+                idx = torch.randint(x.shape[0], (batch_size,), generator=state.data_gen,
+                                    device=x.device)  # fmt: skip
+                y = x.index_select(0, idx)
+                cond = labels.index_select(0, idx) if labels is not None else None
+                if cond is not None and cfg.label_dropout > 0:  # Ho & Salimans 2022, Alg. 1
+                    u = torch.rand(batch_size, generator=state.data_gen, device=x.device)
+                    cond = cond.masked_fill(u < cfg.label_dropout, -1)
+                # Loss and gradient, shard by shard (each with its own noise and dropout
+                # stream); DDP all-reduces with the backward of the last local shard.
+                state.optimizer.zero_grad(set_to_none=True)
+                per, count = batch_size // shards, len(shard_ids)
+                total = torch.zeros((), device=x.device)
+                for j, (shard, gen) in enumerate(zip(shard_ids, state.loss_gens, strict=True)):
+                    rows = slice(shard * per, (shard + 1) * per)
+                    c = cond[rows] if cond is not None else None
+                    with seeded_global_rng(cfg.seed, shard, step, x.device):
+                        with no_sync(j < count - 1), autocast():
+                            loss = process.loss(fwd_net, y[rows], cond=c, step=step,
+                                                generator=gen).float().mean()  # fmt: skip
+                        with no_sync(j < count - 1):
+                            (loss if count == 1 else loss / count).backward()
+                    total = total + loss.detach()
+                pending.append(total if count == 1 else total / count)
+                # Clip, Adam, EMA (warm-up min(decay, (1 + k)/(10 + k)), as TensorFlow's
+                # ExponentialMovingAverage with num_updates: the initial net fades out fast).
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                state.optimizer.step()
+                ema_update(state.ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+                process.after_step(net, step)
+                done = step + 1
+                interrupt.in_step = False
+                # Log and checkpoint, at the clean boundary after the step.
+                every = cfg.checkpoint_every
+                due = path is not None and every is not None and done % every == 0
+                if interrupt.requested or due or done % cfg.log_every == 0:
+                    flush()
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+                if due:
+                    save()
+            flush()
+            save()
+    except KeyboardInterrupt:
+        if not interrupt.in_step:  # a clean boundary: keep the work done so far
+            flush()
+            save()
+        raise TrainingInterrupted(saved_step if path is not None else done, saved) from None
+    finally:
+        bar.close()
     barrier()  # rank 0's last checkpoint is on disk before any rank returns
     return TrainResult(
         net=net,
-        ema=trainer.ema,
-        losses=losses,
-        steps=max(steps, start),
+        ema=state.ema,
+        losses=np.concatenate(chunks),
+        steps=max(cfg.steps, start),
         wall_seconds=time.perf_counter() - start_time,
-        checkpoint=loop.saved,
+        checkpoint=saved,
+        config=cfg,
     )

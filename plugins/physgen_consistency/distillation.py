@@ -95,7 +95,7 @@ class CD(ConsistencyProcess):
             from physgen.api import load_checkpoint
 
             ckpt = load_checkpoint(self.options.teacher)
-            self.set_teacher(ckpt.process, ckpt.net)
+            self.set_teacher(ckpt.process, ckpt.ema)
         assert self._teacher is not None
         return self._teacher
 

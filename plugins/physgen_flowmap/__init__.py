@@ -16,4 +16,6 @@ from physgen.registry.hookspecs import hookimpl
 def physgen_processes() -> list[ProcessEntry]:
     from physgen_flowmap.meanflow import MeanFlow
 
-    return [ProcessEntry("meanflow", MeanFlow, "MeanFlow average velocity, 1-NFE (Geng et al. 2025)")]
+    return [
+        ProcessEntry("meanflow", MeanFlow, "MeanFlow average velocity, 1-NFE (Geng et al. 2025)")
+    ]
