@@ -72,7 +72,8 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, noise_label: Tensor, class_labels: Tensor | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expects x of shape [B, {self.dim}], got {list(x.shape)}")
-        emb = self.emb_mlp(embed_labels(self.embed, noise_label, x.shape[0], self.noise_labels))
+        labels = embed_labels(self.embed, noise_label, x.shape[0], self.noise_labels)
+        emb = self.emb_mlp(labels.to(x.dtype))
         if self.label_emb is not None and class_labels is not None:
             # Label −1 means "no label" (classifier-free guidance): that row's embedding is 0.
             keep = (class_labels >= 0).to(emb.dtype)[:, None]

@@ -8,8 +8,9 @@ theirs with the direction of time reversed.
 
 * Path (Liu et al. 2023, eq. 1): ``x_t = (1 − t) x_0 + t x_1``, ``x_0 ~ N(0, I)``, ``x_1`` data;
   conditional velocity ``v = x_1 − x_0``.
-* Average velocity over ``[t, s]`` (MeanFlow eq. 3): ``u(x_t, t, s) = 1/(s − t) ∫_t^s v(x_τ, τ) dτ``,
-  so the flow map is ``f(x, t, s) = x + (s − t) u(x, t, s)`` and ``f(x, t, t) = x``.
+* Average velocity over ``[t, s]`` (MeanFlow eq. 3):
+  ``u(x_t, t, s) = 1/(s − t) ∫_t^s v(x_τ, τ) dτ``, so the flow map is
+  ``f(x, t, s) = x + (s − t) u(x, t, s)`` and ``f(x, t, t) = x``.
 * The MeanFlow identity (eq. 6, time reversed): differentiating ``(s − t) u = ∫_t^s v dτ`` in
   ``t`` along the trajectory gives ``u = v + (s − t) du/dt`` with the total derivative
   ``du/dt = ∂_x u · v + ∂_t u`` (eq. 8): one Jacobian-vector product with tangent ``(v, 1, 0)``.
