@@ -31,14 +31,24 @@ def get_process(name: str, **options: Any) -> Process:
 
 
 def get_network(
-    name: str, event_shape: tuple[int, ...], num_classes: int = 0, *, seed: int = 0, **config: Any
+    name: str,
+    event_shape: tuple[int, ...],
+    num_classes: int = 0,
+    *,
+    seed: int = 0,
+    process: Process | None = None,
+    **config: Any,
 ) -> nn.Module:
     """The registered backbone ``name`` for data of ``event_shape``; ``config`` overrides the
     network's defaults (unknown keys are a one-line :class:`ConfigError`).
 
     The initial weights are a function of ``seed``: layers draw their initialisation from
     torch's global CPU generator, so it is seeded here inside ``torch.random.fork_rng`` and the
-    caller's global RNG state is left as it was."""
+    caller's global RNG state is left as it was. ``process``: the process the net will serve;
+    one that reads two noise labels per example (a flow map's pair of times,
+    :attr:`~physgen.core.process.Process.noise_labels`) gets a backbone built for them."""
+    if process is not None and process.noise_labels != 1:
+        config = {**config, "noise_labels": process.noise_labels}
     event_shape = _v.check_shape("event_shape", event_shape)
     num_classes = _v.check_int("num_classes", num_classes, min=0)
     registry = get_registry()
@@ -55,16 +65,19 @@ def get_network(
             raise ConfigError(f"network {name!r}: {err}") from None
         if not isinstance(net, nn.Module):
             raise call.error(f"returned {type(net).__name__}, expected a torch.nn.Module")
-        _check_backbone(net, tuple(event_shape), call)
+        _check_backbone(net, tuple(event_shape), call, int(merged.get("noise_labels", 1)))
     # What a checkpoint needs to rebuild this network by name (see physgen.training.describe).
     net.registry_name = name  # type: ignore[assignment]
     net.registry_config = merged  # type: ignore[assignment]
     return net
 
 
-def _check_backbone(net: nn.Module, event_shape: tuple[int, ...], call: plugin_call) -> None:
+def _check_backbone(
+    net: nn.Module, event_shape: tuple[int, ...], call: plugin_call, noise_labels: int = 1
+) -> None:
     """One forward pass on a batch of two zeros (eval mode, no gradients, so no state or RNG
-    changes): a backbone returns a tensor shaped like its input ``x``."""
+    changes): a backbone returns a tensor shaped like its input ``x``. ``noise_labels``: per
+    example (``[2]``, or ``[2, k]`` for a flow map's backbone)."""
     param = next(net.parameters(), None)
     like = param if param is not None and param.is_floating_point() else torch.zeros(())
     x = torch.zeros(2, *event_shape, device=like.device, dtype=like.dtype)
@@ -72,7 +85,8 @@ def _check_backbone(net: nn.Module, event_shape: tuple[int, ...], call: plugin_c
     net.eval()
     try:
         with torch.no_grad():
-            out = net(x, torch.full((2,), 0.5, device=x.device), None)
+            shape = (2,) if noise_labels == 1 else (2, noise_labels)
+            out = net(x, torch.full(shape, 0.5, device=x.device), None)
     finally:
         for m, training in zip(net.modules(), mode, strict=True):
             m.training = training

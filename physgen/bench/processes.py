@@ -116,9 +116,9 @@ def _preflight(spec: ProcessSpec, suite: Suite) -> None:
         return
     try:
         data = load_dataset(suite.datasets[0], 8, seed=0)
-        with torch.random.fork_rng(devices=[]):  # the default init draws from the global RNG
-            net = get_network(suite.network, data.event_shape, 0, **suite.network_config)
         process = get_process(spec.name, **spec.options)
+        net = get_network(suite.network, data.event_shape, 0, process=process,
+                          **suite.network_config)  # fmt: skip
         with torch.no_grad(), plugin_call(process, "setup and loss"):
             process.setup(net)
             process.loss(net, data.x, generator=torch.Generator().manual_seed(0))

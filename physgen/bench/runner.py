@@ -310,7 +310,7 @@ class _Runner:
         process = get_process(p.name, **options)
         # the same initial weights for every process of this seed
         net = get_network(self.suite.network, train_data.event_shape, 0, seed=seed,
-                          **self.suite.network_config)  # fmt: skip
+                          process=process, **self.suite.network_config)  # fmt: skip
         b = self.suite.train
         resumed = ckpt.is_file()
         if not resumed:

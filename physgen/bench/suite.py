@@ -64,7 +64,7 @@ __all__ = ["BUDGET", "DEFAULT_METRICS", "ProcessSpec", "Suite", "load_suite", "p
 #: Metrics of the built-in suite (those installed); a suite file lists its own.
 DEFAULT_METRICS = ("sliced_w2", "mmd2_unbiased")
 #: Sampler preference for a process without a list: the first two it can serve.
-PREFERRED_SAMPLERS = ("dpmpp_2m", "heun", "consistency", "ancestral", "euler")
+PREFERRED_SAMPLERS = ("dpmpp_2m", "flowmap", "heun", "consistency", "ancestral", "euler")
 #: The sampler a process's own paper uses, run besides the shared ones so that the table shows
 #: each process as published: DDPM's Algorithm 2 (Ho et al. 2020), and ancestral sampling for
 #: VE/SMLD and VP (Song et al. 2021, "Score-Based Generative Modeling through SDEs", Table 1).

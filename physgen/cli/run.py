@@ -93,7 +93,7 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
     # The backbone that fits the data: images [C, H, W] or vectors.
     network = run.network or ("unet" if len(shape) == 3 else "mlp")
     net_options = parse_pairs(run.net_options, "--net-opt")
-    net = get_network(network, shape, num_classes, seed=seed, **net_options)
+    net = get_network(network, shape, num_classes, seed=seed, process=process, **net_options)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_path = out_dir / "train.h5"
     meta = describe(process, net, data)

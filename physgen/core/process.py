@@ -45,6 +45,7 @@ __all__ = [
     "ConsistencyView",
     "CountedFn",
     "DenoiserView",
+    "FlowMapView",
     "GaussianProcess",
     "ODEView",
     "PriorFn",
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 #: The sampling views, in the order ``physgen plugins`` lists them.
-VIEWS = ("ode", "denoiser", "score", "consistency")
+VIEWS = ("ode", "denoiser", "score", "consistency", "flowmap")
 
 
 def append_dims(x: Tensor, ndim: int) -> Tensor:
@@ -106,13 +107,13 @@ class CountedFn:
     network evaluations per trajectory (one call on a batch counts once).
     """
 
-    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]):
+    def __init__(self, fn: Callable[..., Tensor]):
         self.fn = fn
         self.nfe = 0
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, *times: Tensor) -> Tensor:
         self.nfe += 1
-        return self.fn(x, t)
+        return self.fn(x, t, *times)
 
 
 def as_time(t: Tensor | float, x: Tensor) -> Tensor:
@@ -201,8 +202,25 @@ class ConsistencyView:
     prior: PriorFn
 
 
+@dataclass(frozen=True)
+class FlowMapView:
+    """A flow map ``f(x, t, s)``: the state at time ``s`` of the ODE trajectory through ``x``
+    at time ``t`` (Boffi, Albergo & Vanden-Eijnden 2024, "Flow map matching", eq. 2.3), with
+    ``f(x, t, t) = x``. Consistency models are its special case ``s`` = data end; MeanFlow,
+    shortcut models and sCM learn it for any pair of times.
+
+    ``grid(steps)``: float64 ``steps + 1`` times, prior end first (the process's own time, as
+    for :class:`ODEView`); a sampler jumps ``grid[i] → grid[i + 1]``. ``prior`` draws ``x`` at
+    ``grid[0]``.
+    """
+
+    f: Callable[[Tensor, Tensor, Tensor], Tensor]
+    grid: Callable[[int], Tensor]
+    prior: PriorFn
+
+
 #: any of the view records a process hands to samplers
-View = ODEView | DenoiserView | ScoreView | ConsistencyView
+View = ODEView | DenoiserView | ScoreView | ConsistencyView | FlowMapView
 
 
 # --------------------------------------------------------------------------------------
@@ -306,6 +324,13 @@ class Process(nn.Module):
 
     def consistency(self, net: Backbone, cond: Tensor | None = None) -> ConsistencyView:
         raise NotImplementedError
+
+    def flowmap(self, net: Backbone, cond: Tensor | None = None) -> FlowMapView:
+        raise NotImplementedError
+
+    #: how many noise labels the backbone takes per example: 1 (a time or σ), or 2 for a
+    #: flow map's pair of times; ``get_network(..., noise_labels=...)`` builds such a net
+    noise_labels: ClassVar[int] = 1
 
     # -- conveniences ----------------------------------------------------------------------
 

@@ -23,10 +23,20 @@ def _mlp(event_shape: tuple[int, ...], num_classes: int = 0, **config: Any) -> n
 
 
 def _unet(
-    event_shape: tuple[int, ...], num_classes: int = 0, *, preset: str = "small", **config: Any
+    event_shape: tuple[int, ...],
+    num_classes: int = 0,
+    *,
+    preset: str = "small",
+    noise_labels: int = 1,
+    **config: Any,
 ) -> nn.Module:
     # Keys left None take the preset's value (physgen.nets.unet.PRESETS).
-    return UNet(tuple(event_shape), num_classes=num_classes, **unet_config(preset, **config))
+    return UNet(
+        tuple(event_shape),
+        num_classes=num_classes,
+        noise_labels=noise_labels,
+        **unet_config(preset, **config),
+    )
 
 
 #: the built-in backbones, handed to the ``physgen_networks`` hook by
@@ -36,7 +46,13 @@ NETWORKS = [
         name="mlp",
         factory=_mlp,
         description="residual MLP for vector data, noise label added in every block",
-        config={"width": 128, "depth": 3, "emb_dim": 64, "embedding": "positional"},
+        config={
+            "width": 128,
+            "depth": 3,
+            "emb_dim": 64,
+            "embedding": "positional",
+            "noise_labels": 1,
+        },
     ),
     NetworkEntry(
         name="unet",
@@ -51,6 +67,7 @@ NETWORKS = [
             "attn_resolutions": None,
             "dropout": None,
             "embedding": None,
+            "noise_labels": 1,
         },
     ),
 ]

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+__all__ = ["FourierEmbedding", "PositionalEmbedding", "embed_labels"]
+
 
 class PositionalEmbedding(nn.Module):
     """Transformer sinusoidal embedding of a scalar ``[B] -> [B, dim]`` (Vaswani et al. 2017,
@@ -44,3 +46,18 @@ class FourierEmbedding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(torch.float32).outer(2 * math.pi * self.freqs)
         return torch.cat([x.cos(), x.sin()], dim=1)
+
+
+def embed_labels(embed: nn.Module, noise_label: Tensor, batch: int, k: int) -> Tensor:
+    """``[B, k · dim]`` float32: ``embed`` of each of the ``k`` noise labels of every example,
+    concatenated. ``noise_label`` is 0-dim or ``[B]`` when ``k = 1`` (broadcast over the
+    batch), ``[B, k]`` or ``[k]`` otherwise; a wrong shape is a ValueError naming it."""
+    if k == 1:
+        return embed(noise_label.reshape(-1).expand(batch))
+    if noise_label.ndim == 1 and noise_label.shape[0] == k:
+        noise_label = noise_label.expand(batch, k)
+    if noise_label.shape != (batch, k):
+        raise ValueError(
+            f"expected {k} noise labels per example [{batch}, {k}], got {list(noise_label.shape)}"
+        )
+    return torch.cat([embed(noise_label[:, j]) for j in range(k)], dim=1)

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from physgen.nets.embeddings import FourierEmbedding, PositionalEmbedding
+from physgen.nets.embeddings import FourierEmbedding, PositionalEmbedding, embed_labels
 
 __all__ = ["PRESETS", "UNet", "unet_config"]
 
@@ -217,11 +217,15 @@ class UNet(nn.Module):
         embedding: str = "positional",
         num_classes: int = 0,
         init_seed: int = 0,
+        noise_labels: int = 1,
     ):
         super().__init__()
         _check(event_shape, model_channels, channel_mult, num_blocks, dropout, embedding)
         channels, height, _ = event_shape
+        if noise_labels < 1:
+            raise ValueError(f"noise_labels must be ≥ 1, got {noise_labels}")
         self.event_shape, self.num_classes = tuple(event_shape), num_classes
+        self.noise_labels = noise_labels
         g = torch.Generator().manual_seed(init_seed)
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels
@@ -236,7 +240,7 @@ class UNet(nn.Module):
             self.map_label = nn.Embedding(num_classes, noise_channels)
             bound = math.sqrt(6 * num_classes / (num_classes + noise_channels))
             nn.init.uniform_(self.map_label.weight, -bound, bound, generator=g)
-        self.map_layer0 = nn.Linear(noise_channels, emb_channels)
+        self.map_layer0 = nn.Linear(noise_labels * noise_channels, emb_channels)
         self.map_layer1 = nn.Linear(emb_channels, emb_channels)
         _init(self.map_layer0, g)
         _init(self.map_layer1, g)
@@ -284,11 +288,12 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet expects x of shape [B, {self.event_shape[0]}, H, W], got {list(x.shape)}"
             )
-        emb = self.map_noise(noise_label.reshape(-1).expand(x.shape[0]))
+        emb = embed_labels(self.map_noise, noise_label, x.shape[0], self.noise_labels)
         if self.map_label is not None and class_labels is not None:
             labels = class_labels.reshape(-1).to(torch.long)
             known = (labels >= 0).unsqueeze(1)  # -1: no label, zero contribution
-            emb = emb + self.map_label(labels.clamp(min=0)) * known
+            label_emb = self.map_label(labels.clamp(min=0)) * known
+            emb = emb + F.pad(label_emb, (0, emb.shape[1] - label_emb.shape[1]))
         emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb.to(self.map_layer0.weight.dtype)))))
 
         h = self.conv_in(x)

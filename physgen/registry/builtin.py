@@ -13,9 +13,12 @@ from physgen.registry.hookspecs import hookimpl
 
 @hookimpl
 def physgen_samplers():
-    from physgen.solvers import exponential, multistep, ode, sde
+    from physgen.solvers import exponential, flowmap, multistep, ode, sde
 
-    return [*ode.SAMPLERS, *multistep.SAMPLERS, *exponential.SAMPLERS, *sde.SAMPLERS]
+    return [
+        *ode.SAMPLERS, *multistep.SAMPLERS, *exponential.SAMPLERS, *sde.SAMPLERS,
+        *flowmap.SAMPLERS,
+    ]  # fmt: skip
 
 
 @hookimpl

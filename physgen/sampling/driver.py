@@ -249,4 +249,4 @@ def _view_fn(view: Any, kind: str) -> Callable[[Tensor, Tensor], Tensor]:
         return view.field
     if kind in ("denoiser", "score"):
         return view.denoise
-    return view.f
+    return view.f  # consistency f(x, σ), flow map f(x, t, s)

@@ -72,15 +72,15 @@ class GuidedNet:
         #: unconditional, batched), so the NFE of a guided sample adds one per such call
         self.doubled = 0
 
-    def timed(self, fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        """``fn(x, t)`` that first records ``t`` for the guidance interval."""
+    def timed(self, fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``fn(x, t, ...)`` that first records ``t`` for the guidance interval."""
         if self.interval is None:
             return fn
 
-        def call(x: Tensor, t: Tensor) -> Tensor:
+        def call(x: Tensor, t: Tensor, *times: Tensor) -> Tensor:
             self._time = as_time(torch.as_tensor(t, dtype=torch.float64), x.double())
             try:
-                return fn(x, t)
+                return fn(x, t, *times)
             finally:
                 self._time = None
 
