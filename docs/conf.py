@@ -52,7 +52,9 @@ myst_dmath_double_inline = True
 # -- autodoc / napoleon ---------------------------------------------------------------------
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True
+# False: preserving defaults swaps functions' default values for placeholders while the site builds,
+# and the sampler records read their options from those defaults (physgen.solvers.Sampler).
+autodoc_preserve_defaults = False
 autodoc_class_signature = "separated"
 autodoc_inherit_docstrings = False
 # Module docstrings use numpy-style headings ("References", "Conventions ..."); napoleon turns

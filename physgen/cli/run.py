@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,14 @@ def run_train(run: Any, cfg: Any, ctx: click.Context) -> None:
         names.append("reflow_pairs.npz")
     outputs = [out_dir / name for name in names]
     claimed = [] if run.resume else outputs
-    with claim_outputs(out_dir, claimed, overwrite=run.overwrite, command=command_line()):
+    # Under torchrun every rank runs this; rank 0 alone claims (locks) the run directory.
+    rank = int(os.environ.get("RANK", "0") or 0)
+    claim = (
+        claim_outputs(out_dir, claimed, overwrite=run.overwrite, command=command_line())
+        if rank == 0
+        else contextlib.nullcontext()
+    )
+    with claim:
         for path in outputs:  # a resumed run must be able to write them too
             check_writable(path)
         _run_train(run, cfg, ctx, out_dir, checkpoint)
@@ -225,6 +234,8 @@ def run_sample(
     if out_path is None:
         name = f"samples-{sampler}.h5" if spec.adaptive else f"samples-{sampler}-{steps}.h5"
         out_path = checkpoint.parent / name
+    if nll:
+        _check_nll(ckpt)  # refused before any work, not after the samples are written
     outputs = [out_path, out_path.with_suffix(".png")]
     with claim_outputs(out_path, outputs, overwrite=overwrite, command=command):
         _draw(
@@ -395,22 +406,32 @@ def _decode(codec: Any, z: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([codec.decode(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
 
 
-def _nll(ckpt: Any, n: int, seed: int, device: torch.device, progress: bool) -> dict[str, float]:
-    """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (math.md §1)."""
+def _check_nll(ckpt: Any) -> Any:
+    """The ode view ``--nll`` integrates, or a one-line refusal (checked before any work)."""
     from physgen.errors import ConfigError
-    from physgen.metrics.nll import nll
 
     if ckpt.latent is not None:
         raise ConfigError(
             "--nll: a latent-mode model has no data-space likelihood (its autoencoder is not "
             "invertible, so the ODE's density is over latents)"
         )
-    data = _reference(ckpt.meta, n, derive_seed(seed, "nll"))
-    if data is None:
-        raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")
+    if "ode" not in ckpt.process.views():
+        raise ConfigError(f"--nll: process {ckpt.process_name!r} has no ode view")
     view = process_view(ckpt.process, "ode", ckpt.ema)
     if view.prior_logp is None:
         raise ConfigError(f"--nll: process {ckpt.process_name!r} has no prior density")
+    return view
+
+
+def _nll(ckpt: Any, n: int, seed: int, device: torch.device, progress: bool) -> dict[str, float]:
+    """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (math.md §1)."""
+    from physgen.errors import ConfigError
+    from physgen.metrics.nll import nll
+
+    view = _check_nll(ckpt)
+    data = _reference(ckpt.meta, n, derive_seed(seed, "nll"))
+    if data is None:
+        raise ConfigError("--nll needs the checkpoint's dataset to draw fresh points from")
     return nll(view, data.to(device), divergence="exact", progress=progress).as_dict()
 
 

@@ -162,9 +162,10 @@ def train(
 
     _v.check_instance("process", process, Process, "a physgen Process (physgen.get_process)")
     _v.check_instance("net", net, nn.Module, "a torch.nn.Module (physgen.get_network)")
-    if not isinstance(getattr(data, "x", None), torch.Tensor):
-        _v.check_instance("data", data, (), "a physgen Dataset (physgen.load_dataset)")
-    _v.check_tensor("data.x", data.x, min_ndim=2)
+    if not callable(getattr(data, "open", None)):  # a streamed dataset is read per step
+        if not isinstance(getattr(data, "x", None), torch.Tensor):
+            _v.check_instance("data", data, (), "a physgen Dataset (physgen.load_dataset)")
+        _v.check_tensor("data.x", data.x, min_ndim=2)
     # Options.
     cfg = config_from(TrainConfig, options, "train()", base=config)
     info = dist_info()
