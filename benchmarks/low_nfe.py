@@ -3,7 +3,7 @@ diffusers, all driving the same exact denoiser (issue 9).
 
 Problem: an isotropic Gaussian mixture in R^d (``--dim`` 32, ``--components`` 12, std
 ``--std`` 0.07, means ~ N(0, 0.5² I) so σ_data ≈ 0.5), whose denoiser is closed form
-(:class:`physgen.testing.oracles.GaussianMixture`, math.md §6), on EDM's range
+(:class:`physgen.testing.oracles.GaussianMixture`, docs/math.md §6), on EDM's range
 σ ∈ [0.002, 80]. Every
 sampler starts from the same prior draws ``x ~ N(0, 80² I)`` and ends at σ = 0, where each one
 returns ``D(x; σ_min)`` (its step into σ = 0). The reference is the same map computed tightly:

@@ -1,6 +1,6 @@
 """Consistency models (physgen_consistency): the math, checked against independent routes.
 
-Closed forms used (math.md §4, §8): for data N(μ, s² I) the exact consistency function is
+Closed forms used (docs/math.md §4, §8): for data N(μ, s² I) the exact consistency function is
 ``f*(x, σ) = μ + √((s² + σ_min²)/(s² + σ²)) (x − μ)`` and the exact denoiser
 ``D*(x; σ) = μ + s²/(s² + σ²) (x − μ)``. An :class:`OracleNet` realises either through a
 parameterisation by inverting it, with the coefficients written out here from the paper, not
@@ -42,13 +42,13 @@ SIGMA_MIN, SIGMA_DATA = 0.002, 0.5
 
 
 def f_star(x: Tensor, sigma: Tensor, sigma_min: float = SIGMA_MIN) -> Tensor:
-    """The exact consistency function of N(MU, S² I) (math.md §8)."""
+    """The exact consistency function of N(MU, S² I) (docs/math.md §8)."""
     ratio = torch.sqrt((S**2 + sigma_min**2) / (S**2 + sigma**2))
     return MU.to(x) + ratio[:, None] * (x - MU.to(x))
 
 
 def d_star(x: Tensor, sigma: Tensor) -> Tensor:
-    """The exact denoiser of N(MU, S² I) (math.md §8)."""
+    """The exact denoiser of N(MU, S² I) (docs/math.md §8)."""
     return MU.to(x) + (S**2 / (S**2 + sigma**2))[:, None] * (x - MU.to(x))
 
 

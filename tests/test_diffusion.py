@@ -352,7 +352,7 @@ STEPS = [16, 32, 64, 128]
 
 def test_ddim_eta0_converges_to_the_exact_gaussian_flow_at_order_one():
     """VP grid (σ_max = 152 → σ_min = 0.0105, then the final step onto D(x; σ_min)). The
-    limit is the exact flow map to σ_min (math.md §8) followed by that denoising step."""
+    limit is the exact flow map to σ_min (docs/math.md §8) followed by that denoising step."""
     vp = VP()
     view = _oracle_view(GAUSSIAN, vp.sigmas)
     sigma_max, sigma_min = view.sigmas(2)[:2]

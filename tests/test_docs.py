@@ -410,3 +410,24 @@ def test_plugin_guide_examples_skip_with_a_reason_without_the_example_plugin(mon
         with pytest.raises(pytest.skip.Exception, match=r"pip install -e \./plugins"):
             skip_without_example_plugin(DOCS / "plugin-guide.md", langs)
         skip_without_example_plugin(DOCS / "quickstart.md", langs)  # no skip
+
+
+def test_formula_citations_point_at_the_shipped_reference_page():
+    """Code and docs cite formulas as ``docs/math.md §N`` (a page that ships with the project,
+    not a file outside the repository), and every cited section exists on that page."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    sections = set(re.findall(r"^## §(\d+) ", (root / "docs" / "math.md").read_text(), re.M))
+    bad = []
+    for folder in ("physgen", "plugins", "tests", "benchmarks", "docs"):
+        for path in (root / folder).rglob("*"):
+            skip = path.name == "math.md" or "_build" in path.parts
+            if path.suffix not in (".py", ".md") or skip:
+                continue
+            text = path.read_text(encoding="utf-8")
+            for match in re.finditer(r"(\S*)math\.md §(\d+)((?:, §\d+)*)", text):
+                cited = [match.group(2), *re.findall(r"§(\d+)", match.group(3))]
+                if not match.group(1).endswith("docs/") or set(cited) - sections:
+                    bad.append(f"{path.relative_to(root)}: {match.group(0)}")
+    assert not bad, bad

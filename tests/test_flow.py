@@ -1,6 +1,6 @@
 """Flow matching (physgen_flow): couplings, the linear path, the σ-frame views, reflow and
 straightness — each against an independent route: a brute-force optimum, finite differences,
-the closed-form flow of Gaussian data, the exact finite-data oracles of math.md §6, closed-form
+the closed-form flow of Gaussian data, the exact finite-data oracles of docs/math.md §6, closed-form
 straightness of a rotation.
 
 Gaussian data ``y ~ N(μ, s² I)`` with prior ``N(0, I)`` and the independent coupling has the
@@ -263,7 +263,7 @@ def test_denoiser_is_predicted_data_and_sigma_t_round_trip() -> None:
 
 def test_denoiser_view_of_the_oracle_is_the_empirical_denoiser() -> None:
     """Independent route: the FM oracle velocity seen through the σ-frame is exactly the
-    Gaussian posterior mean over the data (math.md §3, §6)."""
+    Gaussian posterior mean over the data (docs/math.md §3, §6)."""
     data = torch.randn(7, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     view = FlowMatching().denoiser(FieldNet(flow_matching_velocity(data)))
     x = torch.randn(32, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2
@@ -438,7 +438,7 @@ class EDMGaussianNet(nn.Module):
 
 def test_reflow_pairs_from_an_edm_teacher() -> None:
     """Any process with an ODE view: EDM's prior is N(0, 80² I), so z = prior / 80, and x is
-    the exact PF-ODE flow map from σ_max (math.md §8) of the prior state."""
+    the exact PF-ODE flow map from σ_max (docs/math.md §8) of the prior state."""
     from physgen.testing.oracles import gaussian_flow
 
     edm = physgen.get_process("edm")

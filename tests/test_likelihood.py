@@ -1,8 +1,8 @@
 """Exact log-likelihood (physgen.sampling.likelihood) against closed-form smoothed densities.
 
 Gaussian data ``y ~ N(μ, Σ)`` under ``x = y + σ n`` has ``p_σ = N(μ, Σ + σ² I)`` and denoiser
-``D(x; σ) = μ + Σ (Σ + σ² I)⁻¹ (x − μ)`` (math.md §8); a Gaussian mixture has the denoiser of
-math.md §6 and the log-sum-exp smoothed density. Integrating from σ_min, the likelihood is that
+``D(x; σ) = μ + Σ (Σ + σ² I)⁻¹ (x − μ)`` (docs/math.md §8); a Gaussian mixture has the denoiser of
+docs/math.md §6 and the log-sum-exp smoothed density. Integrating from σ_min, the likelihood is that
 of the data smoothed at σ_min, so the reference is ``log p_{σ_min}(x)``.
 """
 
@@ -150,7 +150,7 @@ def gmm_logp(x: Tensor, sigma: float) -> Tensor:
 
 
 def gmm_denoise(x: Tensor, sigma: Tensor) -> Tensor:
-    """math.md §6: D = Σ_k γ_k (μ_k + s_k²/(s_k² + σ²)(x − μ_k))."""
+    """docs/math.md §6: D = Σ_k γ_k (μ_k + s_k²/(s_k² + σ²)(x − μ_k))."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype).expand(x.shape[0])[:, None]  # [B, 1]
     var = GMM_STDS**2 + sigma**2  # [B, K]
     diff = x[:, None, :] - GMM_MEANS  # [B, K, 2]

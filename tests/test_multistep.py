@@ -1,5 +1,5 @@
 """DPM-Solver++(3M), UniPC and iPNDM against their declared orders, closed forms and NFE rules;
-the named σ-schedules and ``sample(schedule=...)`` (math.md §5, §6)."""
+the named σ-schedules and ``sample(schedule=...)`` (docs/math.md §5, §6)."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ GAUSSIAN_STEPS = {"dpmpp_3m": [32, 64, 128], "unipc": [32, 64, 128], "ipndm": [1
 @pytest.mark.parametrize("name", NEW)
 def test_order_against_the_exact_flow_of_a_single_gaussian(name):
     # Data N(μ, s² I): D(x; σ) = μ + s²/(s² + σ²)(x − μ) and the PF-ODE flow is closed form,
-    # x(σ') = μ + sqrt((s² + σ'²)/(s² + σ²)) (x − μ) (math.md §8): no numerical reference.
+    # x(σ') = μ + sqrt((s² + σ'²)/(s² + σ²)) (x − μ) (docs/math.md §8): no numerical reference.
     mu, s = 0.7, 0.5
     x0 = SIGMA_MAX * torch.randn(64, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
 
@@ -352,7 +352,7 @@ def test_afs_skips_the_call_at_sigma_max(problem, name):
 @pytest.mark.parametrize("name", MULTISTEP)
 def test_afs_is_free_for_centred_data(name):
     # Centred data N(0, s² I): D(x; 80) = s²/(s² + 80²) x ≈ 4e-5 x, so D = 0 costs nothing
-    # measurable against the exact flow x(σ') = sqrt((s² + σ'²)/(s² + σ²)) x (math.md §8).
+    # measurable against the exact flow x(σ') = sqrt((s² + σ'²)/(s² + σ²)) x (docs/math.md §8).
     s = 0.5
     x0 = SIGMA_MAX * torch.randn(64, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
 

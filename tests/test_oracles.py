@@ -1,4 +1,5 @@
-"""Oracle fields (math.md §6, §8) against independent routes: scipy densities, Tweedie's formula
+"""Oracle fields (docs/math.md §6, §8) against independent routes: scipy densities, Tweedie's
+formula
 through autograd, Monte Carlo posterior means, limits and closed forms."""
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def test_pfgmpp_denoiser_two_points_closed_form():
 
 
 def test_flow_matching_velocity_via_the_edm_link():
-    # x_t / t = x_1 + ((1 − t)/t) x_0 (math.md §3): x̂_1 = D(x_t / t; (1 − t)/t).
+    # x_t / t = x_1 + ((1 − t)/t) x_0 (docs/math.md §3): x̂_1 = D(x_t / t; (1 − t)/t).
     data = _points(25, 2, seed=17)
     velocity, denoise = flow_matching_velocity(data), empirical_denoiser(data)
     x = _points(6, 2, seed=18)

@@ -105,7 +105,7 @@ def test_direction_is_uniform():
 
 
 def test_radius_mean_is_N_over_D_minus_2():
-    """math.md §2: E[R²/r²] = N/(D − 2) for D > 2 (standard error from the BetaPrime law)."""
+    """docs/math.md §2: E[R²/r²] = N/(D − 2) for D > 2 (standard error from the BetaPrime law)."""
     N, D, n = 8, 64.0, 200_000
     ratio = radius_ratio(n, N, D, seed=3)
     mean, se = N / (D - 2), math.sqrt(scipy.stats.betaprime(N / 2, D / 2).var() / n)
@@ -230,7 +230,7 @@ def test_large_D_trajectory_matches_edm():
 
 @pytest.mark.parametrize("D", [1.0, 4.0, 128.0, math.inf])
 def test_oracle_flow_lands_on_data(D):
-    """math.md §6: with the finite-set PFGM++ posterior mean, heun carries prior draws onto
+    """docs/math.md §6: with the finite-set PFGM++ posterior mean, heun carries prior draws onto
     data points. D = 1 (PFGM) has a Cauchy-like prior tail: a draw at R ≫ r_max keeps R/r
     nearly fixed along the flow and is not resolved by σ_min (one of 200 draws, at R = 1.3e5,
     ends ~1 from the data), so there we ask for 95% of the draws."""

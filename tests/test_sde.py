@@ -1,5 +1,5 @@
-"""Stochastic samplers (physgen.solvers.sde) against closed-form Gaussian targets (math.md §8)
-and an exact 2-D Gaussian mixture (math.md §6).
+"""Stochastic samplers (physgen.solvers.sde) against closed-form Gaussian targets (docs/math.md §8)
+and an exact 2-D Gaussian mixture (docs/math.md §6).
 
 Tolerances are stated beside each assertion: sampling error (a standard error, SE) plus the
 sampler's own discretisation bias, measured once and noted.
@@ -26,7 +26,7 @@ SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
 
 def gaussian_denoiser(mu: Tensor, s: float):
-    """Exact D(x; σ) = μ + s²/(s² + σ²) (x − μ) of y ~ N(μ, s² I) (math.md §8)."""
+    """Exact D(x; σ) = μ + s²/(s² + σ²) (x − μ) of y ~ N(μ, s² I) (docs/math.md §8)."""
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
         sigma = append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.ndim)
@@ -114,7 +114,7 @@ def test_em_weak_order_matches_declaration():
 
 
 def test_heun_churn_without_churn_is_second_order_heun():
-    # S_churn = 0 is EDM Algorithm 1: compare with the exact PF-ODE flow map (math.md §8)
+    # S_churn = 0 is EDM Algorithm 1: compare with the exact PF-ODE flow map (docs/math.md §8)
     # from σ_max to σ_min followed by the final Euler step onto D(x; σ_min).
     x0 = gaussian_prior(16, MU, S, SIGMA_MAX, seed=0)
     ratio = math.sqrt((S**2 + SIGMA_MIN**2) / (S**2 + SIGMA_MAX**2))
@@ -192,7 +192,8 @@ GMM_WEIGHTS = torch.tensor([0.4, 0.6], dtype=torch.float64)
 
 
 def gmm_denoiser(x: Tensor, sigma: Tensor) -> Tensor:
-    """math.md §6: D = Σ_k γ_k (μ_k + s_k²/(s_k² + σ²)(x − μ_k)), γ_k ∝ w_k N(x; μ_k, s_k² + σ²)."""
+    """docs/math.md §6: D = Σ_k γ_k (μ_k + s_k²/(s_k² + σ²)(x − μ_k)),
+    γ_k ∝ w_k N(x; μ_k, s_k² + σ²)."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype)
     var = GMM_STDS**2 + sigma**2  # [K]
     diff = x[:, None, :] - GMM_MEANS  # [B, K, 2]

@@ -1,5 +1,5 @@
 """Solvers against their declared orders and NFE rules, closed-form ODEs, a peer library, and
-their failure modes (math.md §5, §6)."""
+their failure modes (docs/math.md §5, §6)."""
 
 from __future__ import annotations
 

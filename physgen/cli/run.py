@@ -424,7 +424,7 @@ def _check_nll(ckpt: Any) -> Any:
 
 
 def _nll(ckpt: Any, n: int, seed: int, device: torch.device, progress: bool) -> dict[str, float]:
-    """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (math.md §1)."""
+    """Exact NLL of ``n`` fresh data points under the checkpoint's PF-ODE (docs/math.md §1)."""
     from physgen.errors import ConfigError
     from physgen.metrics.nll import nll
 

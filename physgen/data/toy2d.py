@@ -219,7 +219,7 @@ def gmm(
     Weights ∝ 1 + U(0, 1); means Gaussian, then shifted and scaled so ``Σ w_k μ_k = 0`` and
     ``Σ w_k ‖μ_k‖² = N(1 − std²)``: the data has mean 0 and ``E‖x‖² = N`` exactly (with one
     component the mean is 0 and the scale is ``std``). :func:`gmm_of` rebuilds the mixture,
-    which gives the exact density and denoiser (math.md §6).
+    which gives the exact density and denoiser (docs/math.md §6).
     """
     n, std = _check_n(n), _std_option(std)
     dim = _int_option("dim", dim, 1)

@@ -4,7 +4,7 @@ Not a set metric — it needs the model — so it is not in :data:`physgen.metri
 :func:`nll` with ``process.view("ode", net)`` and held-out data. The density comes from
 :func:`physgen.sampling.likelihood.log_likelihood` (instantaneous change of variables,
 Chen et al. 2018,
-Theorem 1; math.md §1).
+Theorem 1; docs/math.md §1).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def nll(
 ) -> NLLScore:
     """NLL and bits/dim of ``data`` ``[n, *event]`` under the PF-ODE ``view``, in batches of
     ``batch_size``. ``offset``: added to bits/dim (7 for 8-bit data in [−1, 1] with uniform
-    dequantisation, math.md §1). ``options`` go to
+    dequantisation, docs/math.md §1). ``options`` go to
     :func:`~physgen.sampling.likelihood.log_likelihood`
     (``divergence``, ``method``, ``rtol``, ``atol``, ``steps_grid``, ``hutchinson_samples``);
     ``generator`` draws Hutchinson probes; ``progress``: a progress bar on stderr (examples

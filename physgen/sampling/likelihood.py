@@ -2,7 +2,7 @@
 
 For an ODE ``dx/dt = f(x, t)`` carrying the prior (``grid[0]``) to the data (``grid[-1]``),
 the density along a trajectory obeys ``d log p_t(x_t)/dt = −∇·f(x_t, t)`` (Chen et al. 2018,
-"Neural Ordinary Differential Equations", Theorem 1), hence (math.md §1)::
+"Neural Ordinary Differential Equations", Theorem 1), hence (docs/math.md §1)::
 
     log p_data(x) = log p_prior(x_prior) + ∫_{t_data}^{t_prior} ∇·f(x_t, t) dt,
 
@@ -42,7 +42,7 @@ DEFAULT_STEPS = 32
 
 
 def bits_per_dim(logp: Tensor, n_dims: int, offset: float = 0.0) -> Tensor:
-    """``−log p / (N ln 2) + offset`` (math.md §1), ``[B]`` from ``logp`` ``[B]`` in nats.
+    """``−log p / (N ln 2) + offset`` (docs/math.md §1), ``[B]`` from ``logp`` ``[B]`` in nats.
 
     For 8-bit data scaled to [−1, 1] with uniform dequantisation the offset is 7 (bin width
     2/256 = 2⁻⁷)."""
@@ -108,7 +108,7 @@ def log_likelihood(
         raise SolverError(f"log_likelihood: {method} failed: {err}") from None
     prior_logp = view.prior_logp
     assert prior_logp is not None  # checked by _validate
-    per_probe = prior_logp(xs[-1]) + deltas[-1]  # [K, B], math.md §1
+    per_probe = prior_logp(xs[-1]) + deltas[-1]  # [K, B], docs/math.md §1
     if not torch.isfinite(per_probe).all():
         raise SolverError("log_likelihood: non-finite log-density (check the field and grid)")
     k = len(per_probe)

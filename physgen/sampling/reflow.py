@@ -1,5 +1,5 @@
 """Reflow pairs and straightness for any process with an ODE view (Liu, Gong, Liu 2023,
-"Flow Straight and Fast"; math.md §8).
+"Flow Straight and Fast"; docs/math.md §8).
 
 Reflow replaces the independent coupling by the pairs ``(z, ODE(z))`` of a trained model and
 trains a new flow on them; each round straightens the paths. Here:
@@ -124,7 +124,7 @@ def generate_pairs(
     options: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> Pairs:
-    """``n`` reflow pairs ``(z, ODE(z))`` of ``process`` over ``net`` (math.md §8), integrated
+    """``n`` reflow pairs ``(z, ODE(z))`` of ``process`` over ``net`` (docs/math.md §8), integrated
     by the deterministic ``sampler`` on ``steps`` grid steps (``options``: its tolerances).
     ``z`` is the standard normal draw for a Gaussian prior ``N(0, s² I)``, else the prior state.
     ``progress``: a progress bar on stderr (pairs done, batch by batch)."""

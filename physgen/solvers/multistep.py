@@ -1,6 +1,6 @@
 """Multistep solvers on the ``denoiser`` view: one denoiser evaluation per step.
 
-They integrate the PF-ODE ``dx/dσ = (x − D(x; σ)) / σ`` (EDM frame, math.md §1). The
+They integrate the PF-ODE ``dx/dσ = (x − D(x; σ)) / σ`` (EDM frame, docs/math.md §1). The
 exponential integrators (DPM-Solver++(2M), (3M), UniPC) work in the half-log-SNR
 ``λ = −ln σ``, where the linear part is solved exactly and only the denoiser is approximated,
 by a polynomial through the denoised values of past steps; iPNDM is Adams–Bashforth on the
@@ -168,7 +168,7 @@ def dpmpp_2m(
 
     With ``λ = −ln σ`` and ``h_i = λ_{i+1} − λ_i``: ``x_{i+1} = (σ_{i+1}/σ_i) x_i −
     (e^(−h_i) − 1) D̃_i``, ``D̃_i = (1 + 1/(2r_i)) D_i − 1/(2r_i) D_{i−1}``, ``r_i = h_{i−1}/h_i``
-    (math.md §5). The first step is first order (``D̃_0 = D_0``), and so is a last step into
+    (docs/math.md §5). The first step is first order (``D̃_0 = D_0``), and so is a last step into
     σ = 0, which returns the denoised value (as k-diffusion's ``sample_dpmpp_2m``).
     ``f`` is ``D(x; σ)``, ``x`` ``[B, *event]`` at ``grid[0]``; ``afs``: the first step uses
     ``D = 0`` (module docstring).

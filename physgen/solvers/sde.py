@@ -217,7 +217,7 @@ def langevin(
 
     At each level σ_i, ``corrector_steps`` (T) steps ``x ← x + (α_i/2) ∇log p(x; σ_i) +
     sqrt(α_i) z`` with ``α_i = eps σ_i² / σ_L²`` (σ_L the smallest nonzero level) — the
-    paper's parameterisation; in the notation ``x + ε ∇log p + sqrt(2ε) z`` of math.md §1 the
+    paper's parameterisation; in the notation ``x + ε ∇log p + sqrt(2ε) z`` of docs/math.md §1 the
     step is ``ε_i = α_i / 2``. Stable only for ``eps < 4 σ_L²``: NCSN's σ_L = 0.01 allows
     4e-4, EDM's σ_min = 0.002 only 1.6e-5 (a given ``eps`` beyond it is a
     :class:`ConfigError`).

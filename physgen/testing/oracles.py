@@ -1,16 +1,16 @@
 """Exact fields for tests and benchmarks: denoisers, scores and flows known in closed form.
 
 With an oracle field, the gap between a solver's output and a tight-tolerance reference from
-the same prior draw is discretisation error alone (math.md §6).
+the same prior draw is discretisation error alone (docs/math.md §6).
 
 * :class:`GaussianMixture` — isotropic mixture ``Σ_k w_k N(μ_k, s_k² I)`` with its exact
-  density, denoiser ``D(x; σ) = E[y | y + σ n = x]`` and score (EDM frame, math.md §1, §6).
+  density, denoiser ``D(x; σ) = E[y | y + σ n = x]`` and score (EDM frame, docs/math.md §1, §6).
 * :func:`empirical_denoiser` — the posterior mean over a finite data set ``{y_j}`` under the
   Gaussian kernel (diffusion); it holds a ``[B, M]`` table of squared distances per call. The
   building blocks (:func:`sq_dists`, :func:`gaussian_log_weights`, :func:`weighted_mean`) serve
   the process-specific oracles, which live with their plugins (``physgen_poisson.oracle``:
   PFGM++; ``physgen_flow.oracle``: flow matching).
-* :func:`gaussian_flow` — the exact PF-ODE flow map for Gaussian data (math.md §8).
+* :func:`gaussian_flow` — the exact PF-ODE flow map for Gaussian data (docs/math.md §8).
 
 Shapes: ``x`` is ``[B, *event]`` with ``prod(event) = N``; ``sigma`` and ``t`` are 0-dim or
 ``[B]`` tensors (or floats). Everything is computed in the dtype and on the device of ``x``.
@@ -134,7 +134,7 @@ class GaussianMixture:
 
     def score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
         """``∇ log p_σ(x)`` of the mixture smoothed by ``N(0, σ² I)`` (finite at σ = 0):
-        ``−Σ_k γ_k (x − μ_k) / (s_k² + σ²)`` (math.md §6)."""
+        ``−Σ_k γ_k (x − μ_k) / (s_k² + σ²)`` (docs/math.md §6)."""
         sigma = per_example(sigma, x)
         logits, diff, var = self._log_joint(x, sigma)
         gamma = torch.softmax(logits, dim=1)  # responsibilities γ_k(x), [B, K]
@@ -142,7 +142,7 @@ class GaussianMixture:
         return score.reshape(x.shape)
 
     def denoise(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """``D(x; σ) = Σ_k γ_k (μ_k + s_k²/(s_k² + σ²) (x − μ_k))`` (math.md §6), written as
+        """``D(x; σ) = Σ_k γ_k (μ_k + s_k²/(s_k² + σ²) (x − μ_k))`` (docs/math.md §6), written as
         Tweedie's ``x + σ² ∇ log p_σ(x)`` so that σ = 0 returns ``x`` exactly."""
         sigma = per_example(sigma, x)
         return x + append_dims(sigma**2, x.ndim) * self.score(x, sigma)
@@ -196,7 +196,7 @@ def gaussian_log_weights(sq: Tensor, sigma: Tensor) -> Tensor:
 
 def empirical_denoiser(data: Tensor) -> Callable[[Tensor, Tensor | float], Tensor]:
     """The exact denoiser ``D(x; σ) = Σ_j w_j y_j``, ``w_j ∝ exp(−||x − y_j||² / (2σ²))``, of
-    the empirical distribution of ``data`` ``[M, *event]`` (math.md §6). At σ = 0 it returns
+    the empirical distribution of ``data`` ``[M, *event]`` (docs/math.md §6). At σ = 0 it returns
     the nearest data point."""
 
     def denoise(x: Tensor, sigma: Tensor | float) -> Tensor:
@@ -214,7 +214,7 @@ def gaussian_flow(
     mu: Tensor | float,
     s: Tensor | float,
 ) -> Tensor:
-    """The exact PF-ODE flow map for data ``N(μ, s² I)`` (math.md §8): from σ to σ',
+    """The exact PF-ODE flow map for data ``N(μ, s² I)`` (docs/math.md §8): from σ to σ',
     ``x' = μ + sqrt((s² + σ'²) / (s² + σ²)) (x − μ)``. ``mu`` broadcasts against one example
     (``[*event]`` or a float); ``s`` is a float or 0-dim tensor."""
     sigma_from, sigma_to = per_example(sigma_from, x), per_example(sigma_to, x)

@@ -4,9 +4,10 @@ Song, Dhariwal, Chen, Sutskever (2023), "Consistency Models" (ICML) — CT, CD, 
 Song & Dhariwal (2024), "Improved Techniques for Training Consistency Models" (ICLR) — iCT.
 
 A consistency function ``f(x, σ)`` maps every point of a PF-ODE trajectory
-``dx/dσ = (x − D(x; σ))/σ`` (σ-frame, math.md §1) to its end at ``σ_min``. Training compares
+``dx/dσ = (x − D(x; σ))/σ`` (σ-frame, docs/math.md §1) to its end at ``σ_min``. Training compares
 ``f_θ`` at adjacent points ``σ_i < σ_{i+1}`` of a Karras grid indexed *ascending*,
-``σ_min = σ_1 < … < σ_N = σ_max`` (math.md §4; the sampling grids of :mod:`physgen.core.process`
+``σ_min = σ_1 < … < σ_N = σ_max`` (docs/math.md §4; the sampling grids of
+:mod:`physgen.core.process`
 run the other way). Indices in code are 0-based: pair ``j`` is ``(σ_asc[j], σ_asc[j+1])``.
 """
 
@@ -89,7 +90,7 @@ def consistency_function(
 
 
 # --------------------------------------------------------------------------------------
-# Discretisation schedules (math.md §4)
+# Discretisation schedules (docs/math.md §4)
 # --------------------------------------------------------------------------------------
 
 
@@ -241,7 +242,7 @@ class ConsistencyProcess(Process):
         return pseudo_huber(a, b, self.options.huber_c * math.sqrt(a[0].numel()))
 
     def training_sigmas(self, N: int) -> Tensor:
-        """The ascending Karras grid with ``N`` points (math.md §4)."""
+        """The ascending Karras grid with ``N`` points (docs/math.md §4)."""
         o = self.options
         return ascending_sigmas(N, o.sigma_min, o.sigma_max, o.rho)
 

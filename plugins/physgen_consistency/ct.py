@@ -3,7 +3,7 @@
 Song, Dhariwal, Chen, Sutskever (2023), "Consistency Models", Algorithm 3 and Appendix C;
 Song & Dhariwal (2024), "Improved Techniques for Training Consistency Models" (ICLR), §3.
 Both replace the teacher's ODE step of distillation by the one-sample estimate
-``x_i = y + σ_i z`` with the same ``z`` as ``x_{i+1} = y + σ_{i+1} z`` (math.md §4). The
+``x_i = y + σ_i z`` with the same ``z`` as ``x_{i+1} = y + σ_{i+1} z`` (docs/math.md §4). The
 discretisation N(k) grows with the training step ``k``; K is the option ``total_steps``,
 because the trainer does not hand its step budget to the process.
 """

@@ -4,7 +4,7 @@ Song, Dhariwal, Chen, Sutskever (2023), "Consistency Models", Algorithm 2. The t
 trained process whose ``denoiser`` view speaks the σ-frame of :mod:`physgen.core.process` — EDM,
 VP/VE, PFGM++, flow matching — so its PF-ODE is ``dx/dσ = (x − D(x; σ))/σ`` whatever its own
 training looked like. ``x_i`` is one step of a registered ODE solver (``ode`` view) of that
-field from ``x_{i+1} = y + σ_{i+1} z`` (math.md §4).
+field from ``x_{i+1} = y + σ_{i+1} z`` (docs/math.md §4).
 
 One step for a whole batch. Each example has its own interval ``[σ_{i+1}, σ_i]``, but solvers
 take one grid. The step is taken in ``s ∈ [0, 1]`` with ``σ(s) = σ_{i+1} + s (σ_i − σ_{i+1})``

@@ -8,7 +8,7 @@ schedule ``ᾱ_t = f(t)/f(0)``, ``f(t) = cos²((t/T + s)/(1 + s) · π/2)`` (eq.
 ``β_t = 1 − ᾱ_t/ᾱ_{t−1}`` clipped at 0.999 and ᾱ recomputed from the clipped β (their §3.2
 and code), which keeps ᾱ_T > 0 and so σ_T finite.
 
-Timesteps are ``t = 1..T`` (t = 0 is the data). In the σ-frame (math.md §1) step t is the
+Timesteps are ``t = 1..T`` (t = 0 is the data). In the σ-frame (docs/math.md §1) step t is the
 noise level ``σ_t = sqrt((1 − ᾱ_t)/ᾱ_t)``; the views share :func:`~physgen_diffusion.vp.vp_denoise`
 with the continuous VP. The backbone only ever saw the integers t, so:
 

@@ -7,7 +7,7 @@ perturbation kernel is ``x_t = sqrt(ᾱ(t)) y + sqrt(1 − ᾱ(t)) ε``, ``ᾱ(t
 (App. B). The σ-frame and the preconditioning are those of Karras et al. (2022), "EDM",
 Table 1, VP column.
 
-The σ-frame (math.md §1): ``x̃ = x_t / sqrt(ᾱ) = y + σ ε`` with ``σ = sqrt((1 − ᾱ)/ᾱ)``, so
+The σ-frame (docs/math.md §1): ``x̃ = x_t / sqrt(ᾱ) = y + σ ε`` with ``σ = sqrt((1 − ᾱ)/ᾱ)``, so
 ``ᾱ = 1/(1 + σ²)`` and the network, which predicts ε from the native ``x_t``, sees
 ``x̃ / sqrt(1 + σ²)``: ``D(x̃; σ) = x̃ − σ ε̂`` (c_skip = 1, c_out = −σ, c_in = 1/sqrt(1 + σ²)).
 Views hand out x̃ and σ only; the prior ``x_T ~ N(0, I)`` becomes ``N(0, (1 + σ_max²) I)``.

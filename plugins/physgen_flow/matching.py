@@ -14,7 +14,7 @@ Convention (see :mod:`physgen.core.process`): ``t`` runs from 0 (prior, ``x_0``)
 ``x_1``). The raw backbone's noise label is ``t`` itself, unscaled (in [0, 1], comparable to
 EDM's ``ln σ / 4``); the backbone's output is the velocity ``v_θ(x_t, t)``.
 
-The σ-frame (math.md §3). ``x_t / t = x_1 + σ x_0`` with ``σ(t) = (1 − (1 − σ_min) t) / t``, so
+The σ-frame (docs/math.md §3). ``x_t / t = x_1 + σ x_0`` with ``σ(t) = (1 − (1 − σ_min) t) / t``, so
 ``t = 1 / (σ + 1 − σ_min)``; the denoiser is the predicted data ``x̂_1 = E[x_1 | x_t] =
 (1 − (1 − σ_min) t) v + (1 − σ_min) x_t`` (``x_t + (1 − t) v`` at σ_min = 0), for any coupling,
 and ``dx̃/dσ = (x̃ − D)/σ`` is the flow-matching ODE after this change of variables. The
@@ -297,7 +297,7 @@ class FlowMatching(Process):
             t = as_time(self.sigma_to_t(sigma.to(torch.float64)), x)
             x_t = append_dims(t, x.ndim) * x  # x_t = t x̃
             v = self.velocity(net, x_t, t, cond)
-            return append_dims(1 - lag * t, x.ndim) * v + lag * x_t  # x̂_1 (math.md §3)
+            return append_dims(1 - lag * t, x.ndim) * v + lag * x_t  # x̂_1 (docs/math.md §3)
 
         sigma_max, gaussian = self.sigma_max(), self.options.source == "gaussian"
         # A ScoreView only where x̃ = x_1 + σ x_0 is a Gaussian perturbation (module docstring).
