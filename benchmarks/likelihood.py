@@ -275,8 +275,16 @@ def hutch_rows(problems: list[Problem], budgets: list[int], seeds: int) -> list[
             errs, zs, vjps = [], [], 0
             for seed in range(seeds):
                 g = torch.Generator().manual_seed(seed)
-                r = log_likelihood(p.view, p.x, divergence=divergence, hutchinson_samples=probes,
-                                   sketch_size=sketch, generator=g, rtol=1e-6, atol=1e-6)  # fmt: skip
+                r = log_likelihood(
+                    p.view,
+                    p.x,
+                    divergence=divergence,
+                    hutchinson_samples=probes,
+                    sketch_size=sketch,
+                    generator=g,
+                    rtol=1e-6,
+                    atol=1e-6,
+                )
                 err = r.logp - p.exact
                 errs.append(err)
                 if r.stderr is not None:
@@ -311,7 +319,8 @@ def report(exact: list[dict[str, Any]], hutch: list[dict[str, Any]]) -> str:
     )
     for r in hutch:
         one = next(h["mae"] for h in hutch if h["problem"] == r["problem"] and h["vjps"] == 1)
-        lines.append(f"  {r['problem']:10s} {r['divergence']:22s} {r['probes']:2d} {r['sketch']:2d} "
+        lines.append(f"  {r['problem']:10s} {r['divergence']:22s} {r['probes']:2d} "
+                     f"{r['sketch']:2d} "
                      f"{r['vjps']:3d} {r['mae']:.2e} ({one / r['mae']:5.1f}×) "
                      f"{r.get('rmsz', math.nan):.2f} {r.get('cover2', math.nan):.2f}")  # fmt: skip
     return "\n".join(lines)
@@ -346,8 +355,11 @@ def write(args: argparse.Namespace, exact: list, hutch: list, text: str, version
     for ax, problem in zip(axes, problems, strict=False):
         for lib, style in styles.items():
             for method in dict.fromkeys(r["method"] for r in exact if r["library"] == lib):
-                pts = sorted((r["nfe"], r["mae"]) for r in exact
-                             if r["problem"] == problem and r["library"] == lib and r["method"] == method)  # fmt: skip
+                pts = sorted(
+                    (r["nfe"], r["mae"])
+                    for r in exact
+                    if (r["problem"], r["library"], r["method"]) == (problem, lib, method)
+                )
                 if pts:
                     ax.loglog(
                         *zip(*pts, strict=True), style, marker="o", ms=3, label=f"{lib} {method}"
