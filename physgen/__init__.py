@@ -33,6 +33,9 @@ _EXPORTS = {
     "TrainResult": "physgen.training",
     "sample": "physgen.sampling",
     "SampleSet": "physgen.sampling",
+    "solve": "physgen.sampling.solve",
+    "steps_within": "physgen.sampling.solve",
+    "log_likelihood": "physgen.sampling.likelihood",
     "read_run": "physgen.io",
     "Process": "physgen.core.process",
     "PhysgenError": "physgen.errors",
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
     from physgen.io import read_run
     from physgen.registry.hookspecs import hookimpl
     from physgen.sampling import SampleSet, sample
+    from physgen.sampling.likelihood import log_likelihood
+    from physgen.sampling.solve import solve, steps_within
     from physgen.training import TrainResult, train
 
 

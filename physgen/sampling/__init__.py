@@ -1,5 +1,6 @@
 """Sampling: the driver that runs a registered sampler over a process's view and counts NFE
-(:mod:`physgen.sampling.driver`), guidance (:mod:`physgen.sampling.guidance`), exact
+(:mod:`physgen.sampling.driver`), one sampler on given start points, field and grid
+(:mod:`physgen.sampling.solve`), guidance (:mod:`physgen.sampling.guidance`), exact
 likelihood (:mod:`physgen.sampling.likelihood`) and reflow pairs with straightness
 (:mod:`physgen.sampling.reflow`)."""
 
