@@ -156,7 +156,9 @@ def test_precedence_and_the_recorded_config(
     """command line > PHYSGEN_TRAIN_* > [train] > TrainConfig's default, for every option
     kind; the multi-valued -o/--net-opt take their values from the environment too."""
     seen: list[tuple[TrainRun, TrainConfig]] = []
-    monkeypatch.setattr("physgen.cli.run.run_train", lambda run, cfg, ctx: seen.append((run, cfg)))
+    monkeypatch.setattr(
+        "physgen.cli.train_run.run_train", lambda run, cfg, ctx: seen.append((run, cfg))
+    )
     cfg = tmp_path / "c.toml"
     cfg.write_text("[train]\nsteps = 7\nlr = 0.5\nbatch_size = 8\nnet_options = { width = 8 }\n")
     env = {"PHYSGEN_TRAIN_LR": "0.25", "PHYSGEN_TRAIN_BATCH_SIZE": "16",

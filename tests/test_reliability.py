@@ -218,7 +218,7 @@ def test_non_finite_samples_are_reported_and_left_out(
 def test_metrics_use_a_bounded_recorded_subset(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import physgen.cli.run as run_mod
+    import physgen.cli.sample_run as run_mod
 
     monkeypatch.setattr(run_mod, "METRICS_MAX_N", 16)
     result = invoke("sample", ckpt, "--out", tmp_path / "s.h5", *SAMPLE)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 import physgen
 from physgen.cli import cli
-from physgen.cli.run import _straightness
+from physgen.cli.sample_run import _straightness
 from physgen.core.process import DenoiserView, ODEView, gaussian_prior, karras_sigmas
 from physgen.errors import ConfigError
 from physgen.nets import MLP

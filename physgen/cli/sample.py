@@ -119,7 +119,7 @@ def sample(ctx: click.Context, checkpoint: str, **values: object) -> None:
         parse_pairs,
         resolve_device,
     )
-    from physgen.cli.run import run_sample
+    from physgen.cli.sample_run import run_sample
     from physgen.errors import ConfigError
 
     check_env("sample", SampleConfig)

@@ -111,7 +111,7 @@ def train(ctx: click.Context, **values: object) -> None:
     checkpoints with exact resume); only its loss differs. Options also come from
     PHYSGEN_TRAIN_<FLAG> variables and the [train] table of --config (command line first).
     """
-    from physgen.cli.run import run_train
+    from physgen.cli.train_run import run_train
 
     check_env("train", TrainRun, TrainConfig)
     run, loop = split(values, TrainRun, TrainConfig)
