@@ -80,8 +80,11 @@ def test_profile_inner_products_match_quadrature() -> None:
 
     for ta, ga, tb, gb in [(100, 6.94, 100, 16.97), (60, 6.94, 100, 6.94),
                            (100, 3.0, 40, 16.97), (7, 0.5, 7, 0.5)]:  # fmt: skip
-        exact, _ = quad(lambda s: p(ta, ga, s) * p(tb, gb, s), 0, max(ta, tb),
-                        points=[min(ta, tb)], epsabs=1e-13, epsrel=1e-11)  # fmt: skip
+
+        def f(s: float, ta: float = ta, ga: float = ga, tb: float = tb, gb: float = gb) -> float:
+            return p(ta, ga, s) * p(tb, gb, s)
+
+        exact, _ = quad(f, 0, max(ta, tb), points=[min(ta, tb)], epsabs=1e-13, epsrel=1e-11)
         assert float(profile_inner(ta, ga, tb, gb)) == pytest.approx(exact, rel=1e-8)
 
 
@@ -100,7 +103,8 @@ def _track(thetas: torch.Tensor, gammas: list[float], every: int) -> tuple[list,
         for gamma, ema in zip(gammas, emas, strict=True):
             ema_update(ema, _Weights(thetas[tau - 1]), power_beta(gamma, tau))
         if tau % every == 0:
-            snaps += [(tau, gamma, ema.w.detach().clone()) for gamma, ema in zip(gammas, emas)]
+            pairs = zip(gammas, emas, strict=True)
+            snaps += [(tau, gamma, ema.w.detach().clone()) for gamma, ema in pairs]
     return snaps, [e.w.detach() for e in emas]
 
 
@@ -144,8 +148,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_short_run_reconstructs_a_tracked_length(run: Path) -> None:
     """σ_rel 0.10 was tracked; rebuilt from the 0.05 and 0.15 snapshots (12 steps × 2) its
     weights differ from the tracked ones by < 1 % of how far the tracked EMA is from the raw
-    weights (measured: 0.066 %, max abs 3.7e-5); with all snapshots, the 0.10 snapshot at the last step is the
-    answer itself."""
+    weights (measured: 0.066 %, max abs 3.7e-5); with all snapshots, the 0.10 snapshot at the
+    last step is the answer itself."""
     ckpt = load_checkpoint(run)
     tracked, info = ema_for_length(ckpt, 0.1)
     assert info.source == "tracked" and info.step == 120
@@ -201,7 +205,7 @@ def test_bad_inputs(run: Path, tmp_path: Path) -> None:
     for bad in (0, 0.29, -1, math.nan, "0.1"):
         with pytest.raises(ConfigError, match="ema_length must be a relative EMA length"):
             ema_for_length(ckpt, bad)
-    with pytest.raises(ConfigError, match="use=.*tracked"):
+    with pytest.raises(ConfigError, match=r"use=.*tracked"):
         posthoc_ema(ckpt, 0.1, use=(0.07,))
     with pytest.raises(ConfigError, match="has no snapshot"):
         posthoc_ema(ckpt, 0.1, step=15)
