@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--backbone", choices=("mlp", "unet"), default="mlp")
     p.add_argument("--width", type=int, default=256, help="MLP width")
+    p.add_argument("--bad-width", type=int, default=None,
+                   help="train the bad model as a separate, narrower MLP of this width for "
+                   "--bad-steps (default: the good run's checkpoint at --bad-steps)")  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--preset", default="tiny", help="U-Net preset")
     p.add_argument("--channels", type=int, default=16, help="U-Net model_channels")
@@ -88,13 +91,19 @@ def train_pair(args: argparse.Namespace) -> tuple[Path, Path, float]:
         else {"width": args.width, "depth": 3}
     )
 
-    def net() -> Any:
+    def net(**over: Any) -> Any:
         return get_network(args.backbone, data.event_shape, data.num_classes, seed=args.seed,
-                           **net_opts)  # fmt: skip
+                           **{**net_opts, **over})  # fmt: skip
 
     common = dict(batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=False,
                   label_dropout=args.label_dropout, checkpoint_every=None)  # fmt: skip
     t0 = time.perf_counter()
+    if args.bad_width is not None:  # a smaller network, trained for fewer steps
+        train(process, net(width=args.bad_width), data, steps=args.bad_steps, checkpoint=bad,
+              overwrite=True, **common)  # fmt: skip
+        train(get_process("edm"), net(), data, steps=args.steps, checkpoint=good,
+              overwrite=True, **common)  # fmt: skip
+        return bad, good, time.perf_counter() - t0
     train(process, net(), data, steps=args.bad_steps, checkpoint=bad, overwrite=True, **common)
     shutil.copyfile(bad, good)
     train(get_process("edm"), net(), data, steps=args.steps, checkpoint=good, resume=True,
