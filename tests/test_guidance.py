@@ -193,3 +193,108 @@ def test_cfg_endpoints_with_the_image_unet() -> None:
     for w in (0.0, 1.0, 2.0):
         guided = view("denoiser", GuidedNet(net, w), labels).denoise(x, sigma)
         torch.testing.assert_close(guided, uncond + w * (cond - uncond), atol=1e-5, rtol=1e-5)
+
+
+# -- autoguidance (Karras et al. 2024): a worse model of the same process guides ---------------
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_autoguidance_is_bad_plus_w_good_minus_bad_in_every_view(family: str) -> None:
+    """D_w = D_bad + w (D_good − D_bad) in each view; w = 1 is the good model and w = 0 the
+    bad one bitwise (one network evaluated), conditional or not."""
+    process, good, bad = get_process(family), _net(0), _net(1)
+    process.setup(good)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1))
+    for labels in (torch.tensor([0, 1, 2, 0, 1, 2]), None):
+        for kind in FAMILIES[family]:
+            t = _time(kind, family)
+
+            def fn(backbone: Any, kind: str = kind, t: Tensor = t, c: Any = labels) -> Tensor:
+                return _view_fn(process.view(kind, backbone, c), kind)(x, t)
+
+            d_good, d_bad = fn(good), fn(bad)
+            assert not torch.allclose(d_good, d_bad)
+            assert torch.equal(fn(GuidedNet(good, 1.0, guide=bad)), d_good)
+            assert torch.equal(fn(GuidedNet(bad, 0.0, guide=bad)), d_bad)
+            assert torch.equal(fn(GuidedNet(good, 0.0, guide=bad)), d_bad)
+            for w in (2.0, -0.5):
+                expected = d_bad + w * (d_good - d_bad)
+                torch.testing.assert_close(fn(GuidedNet(good, w, guide=bad)), expected,
+                                           atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_autoguided_sampling_counts_both_networks() -> None:
+    """Each guided call evaluates both networks: NFE doubles (heun, 4 steps: 7 → 14); at w = 1
+    the samples are the good model's bitwise, at w = 0 the bad model's."""
+    process, good, bad = get_process("edm"), _net(0), _net(1)
+    plain = sample(process, good, (2,), n=8, steps=4)
+    plain_bad = sample(process, bad, (2,), n=8, steps=4)
+    guided = sample(process, good, (2,), n=8, steps=4, guide=bad, guidance=2.0)
+    assert plain.nfe == 7 and guided.nfe == 14
+    assert guided.guidance == {"scale": 2.0, "autoguidance": True}
+    w1 = sample(process, good, (2,), n=8, steps=4, guide=bad, guidance=1.0)
+    w0 = sample(process, good, (2,), n=8, steps=4, guide=bad, guidance=0.0)
+    assert torch.equal(w1.x, plain.x) and w1.nfe == 7
+    assert torch.equal(w0.x, plain_bad.x) and w0.nfe == 7
+    labels = torch.arange(8) % 3  # conditional, no unconditional model needed
+    out = sample(process, good, (2,), n=8, steps=4, guide=bad, guidance=2.0, cond=labels)
+    assert out.nfe == 14 and torch.isfinite(out.x).all()
+
+
+def _train_cli(out: Any, *extra: str) -> None:
+    from click.testing import CliRunner
+
+    from physgen.cli import cli
+
+    args = ["train", "--steps", "3", "--n-data", "64", "--batch-size", "8", "--net-opt",
+            "width=8", "--net-opt", "depth=1", "--device", "cpu", "-q",
+            "--out", str(out)]  # fmt: skip
+    r = CliRunner().invoke(cli, [*args, *extra])
+    assert r.exit_code == 0, r.output
+
+
+def test_guide_with_cli_end_to_end_and_refusals(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from physgen.cli import cli
+
+    _train_cli(tmp_path / "good", "--class-cond", "-d", "8gaussians")
+    _train_cli(tmp_path / "bad", "--class-cond", "-d", "8gaussians", "--net-opt", "width=4")
+    _train_cli(tmp_path / "ve", "--class-cond", "-d", "8gaussians", "-p", "ve")
+    _train_cli(tmp_path / "uncond", "-d", "8gaussians")
+    good = str(tmp_path / "good" / "checkpoint.safetensors")
+    base = ["sample", good, "-n", "16", "--steps", "3", "-q", "--device", "cpu",
+            "--no-metrics", "--straightness", "0", "--overwrite"]  # fmt: skip
+    out = tmp_path / "s.h5"
+    guide = str(tmp_path / "bad" / "checkpoint.safetensors")
+    r = CliRunner().invoke(
+        cli, [*base, "--guide-with", guide, "--guidance", "2", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "NFE 10" in r.output  # heun on 3 steps: 5 evaluations, each of both networks
+    import h5py
+
+    with h5py.File(out) as f:
+        assert f["samples/samples"].attrs["guide_with"] == guide
+    for other, named in (("ve", "its process is 've', the model's is 'edm'"),
+                         ("uncond", "its number of classes is 0")):  # fmt: skip
+        path = str(tmp_path / other / "checkpoint.safetensors")
+        r = CliRunner().invoke(cli, [*base, "--guide-with", path, "--out", str(out)])
+        assert r.exit_code == 2 and named in r.output.strip().splitlines()[-1], r.output
+
+
+def test_check_guide_names_the_first_difference() -> None:
+    from types import SimpleNamespace
+
+    from physgen.sampling.guidance import check_guide
+
+    def ckpt(shape: tuple[int, ...], **options: Any) -> Any:
+        meta = {"process": {"name": "edm", "options": options}}
+        return SimpleNamespace(path="m.st", process_name="edm", meta=meta, event_shape=shape,
+                               num_classes=0)  # fmt: skip
+
+    check_guide(ckpt((2,)), ckpt((2,)))
+    with pytest.raises(ConfigError, match=r"data shape is \(1, 8, 8\), the model's is \(2,\)"):
+        check_guide(ckpt((2,)), ckpt((1, 8, 8)))
+    with pytest.raises(ConfigError, match="process options"):
+        check_guide(ckpt((2,)), ckpt((2,), sigma_data=1.0))

@@ -91,6 +91,8 @@ def click_options(command: str, *configs: type) -> Callable[[Any], Any]:
             elif base == tuple[str, ...]:
                 kw.update(multiple=True, type=FieldType(f, str, False), metavar="NAME=VALUE",
                           default=f.default)  # fmt: skip
+            elif base == tuple[float, ...]:
+                kw.update(multiple=True, type=FieldType(f, float, False), default=f.default)
             elif base == tuple[float, float]:
                 kw.update(nargs=2, type=FieldType(f, float, False), default=f.default)
             else:

@@ -20,6 +20,9 @@ Examples:
   physgen sample --sampler unipc --steps 8 --schedule logsnr
   physgen sample runs/edm-digits/checkpoint.safetensors --guidance 2 --class 3
   physgen sample --nll 500                        # + exact NLL / bits-per-dim of 500 points
+  physgen sample --ema-length 0.12                # EMA profile σ_rel 0.12 (post-hoc EMA)
+  physgen sample runs/edm-digits/checkpoint.safetensors --guidance 2 \\
+      --guide-with runs/edm-digits-small/checkpoint.safetensors   # autoguidance
 
 \b
 Writes an HDF5 run file (samples, NFE, sampler, seed, versions, command line, metrics)
@@ -61,6 +64,15 @@ class SampleConfig:
     guidance_interval: tuple[float, float] | None = option(
         None, "Guide only at view times in [LO, HI] (σ; t for flow-matching ODE samplers)."
     )
+    ema_length: float | None = option(
+        None, "Sample with the EMA of relative length σ_rel: a profile the run tracked "
+        "(train --ema-length), else rebuilt from its snapshots (post-hoc EMA, EDM2).",
+        min=0, min_open=True, max=0.2886751345948129, max_open=True,
+    )  # fmt: skip
+    guide_with: str | None = option(
+        None, "Autoguidance: guide with this checkpoint, a smaller or less-trained model of "
+        "the same process and data (--guidance w: bad + w (good − bad)).",
+    )  # fmt: skip
     class_label: int | None = option(
         None, "Class of every sample  [default: cycle through the classes]", flag="--class", min=0
     )
@@ -153,4 +165,6 @@ def sample(ctx: click.Context, checkpoint: str, **values: object) -> None:
         guidance_interval=c.guidance_interval,
         class_label=c.class_label,
         clip_denoised=c.clip_denoised,
+        ema_length=c.ema_length,
+        guide_with=Path(c.guide_with) if c.guide_with else None,
     )

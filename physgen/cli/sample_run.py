@@ -44,11 +44,16 @@ def run_sample(
     guidance_interval: tuple[float, float] | None = None,
     class_label: int | None = None,
     clip_denoised: float = 0.0,
+    ema_length: float | None = None,
+    guide_with: Path | None = None,
 ) -> None:
     from physgen.sampling import resolve_sampler
 
     started = datetime.now(timezone.utc)  # the run file is written after the work
     ckpt = load_checkpoint(checkpoint, device=device)
+    guide = _guide(ckpt, guide_with, device) if guide_with is not None else None
+    if ema_length is not None:
+        ckpt = _with_ema_length(ckpt, ema_length)
     sampler = sampler or ckpt.process.default_sampler
     spec = resolve_sampler(ckpt.process, sampler)  # fail before any work
     options = spec.parse_options(sampler_options)
@@ -68,7 +73,7 @@ def run_sample(
             nll=nll, seed=seed, device=device, progress=progress, overwrite=overwrite,
             straightness=straightness, config=config, command=command, guidance=guidance,
             guidance_interval=guidance_interval, class_label=class_label,
-            clip_denoised=clip_denoised, started=started,
+            clip_denoised=clip_denoised, started=started, guide=guide,
         )  # fmt: skip
 
 
@@ -79,13 +84,14 @@ def _draw(
     seed: int, device: torch.device, progress: bool, overwrite: bool, straightness: int,
     config: dict[str, Any], command: str, guidance: float,
     guidance_interval: tuple[float, float] | None, class_label: int | None,
-    clip_denoised: float, started: datetime,
+    clip_denoised: float, started: datetime, guide: Any = None,
 ) -> None:  # fmt: skip
     """Sample, then publish in an order that loses nothing: the plot (validated, cheap) and
     the samples are written before the metrics run; metrics are added to the file last."""
     from physgen.sampling import sample
 
-    cond = _sample_labels(ckpt, n, guidance, class_label)
+    # autoguidance needs no unconditional model: the label checks are those of w = 1
+    cond = _sample_labels(ckpt, n, guidance if guide is None else 1.0, class_label)
     with click.progressbar(
         length=n, label=f"sampling ({sampler}, {grid_text})", hidden=not progress, file=None
     ) as bar:
@@ -107,6 +113,7 @@ def _draw(
             guidance=guidance,
             guidance_interval=guidance_interval,
             clip_denoised=clip_denoised,
+            guide=None if guide is None else guide.ema,
         )
     x = result.x.float().cpu()
     if ckpt.latent is not None:  # latent mode: decode to data space
@@ -145,6 +152,7 @@ def _draw(
             wall_seconds=result.wall_seconds,
             checkpoint=str(checkpoint),
             nonfinite=bad,
+            **_model_attrs(ckpt, guide),
         )
     scores: dict[str, float] = {}
     if reference is not None:
@@ -155,8 +163,9 @@ def _draw(
         k = min(straightness, n)
         labels = None if cond is None else cond[:k]
         scores["straightness"] = _straightness(
-            ckpt, k, seed, device, labels, guidance, guidance_interval
-        )
+            ckpt, k, seed, device, labels, guidance, guidance_interval,
+            None if guide is None else guide.ema,
+        )  # fmt: skip
     if scores:
         add_metrics(out_path, {**scores, "metrics_n": m} if reference is not None else scores)
     line = f"{n} samples, {sampler}, {grid_text}, NFE {result.nfe}, {result.wall_seconds:.2f} s"
@@ -266,6 +275,7 @@ def _straightness(
     cond: torch.Tensor | None = None,
     guidance: float = 1.0,
     guidance_interval: tuple[float, float] | None = None,
+    guide: Any = None,
 ) -> float:
     """Straightness of the model's own ODE (Liu et al. 2023), in the flow-matching frame of
     :func:`~physgen.sampling.reflow.straightness`, from the prior draws of the first ``n``
@@ -275,13 +285,50 @@ def _straightness(
     from physgen.sampling.guidance import GuidedNet
     from physgen.sampling.reflow import straightness
 
-    guided = GuidedNet(ckpt.ema, guidance, guidance_interval)
+    guided = GuidedNet(ckpt.ema, guidance, guidance_interval, guide=guide)
     view = process_view(ckpt.process, "ode", guided, None if cond is None else cond.to(device))
     view = dataclasses.replace(view, field=guided.timed(view.field))
     gen = StackedGenerator.for_samples(seed, 0, n, device)
     x0 = view.prior((n, *ckpt.event_shape), generator=gen, device=device, dtype=torch.float32)
     with torch.no_grad():
         return straightness(view, x0, steps=64)
+
+
+def _with_ema_length(ckpt: Any, sigma_rel: float) -> Any:
+    """``ckpt`` sampling with the EMA of length ``sigma_rel`` (tracked, else post-hoc)."""
+    from physgen.training.posthoc import ema_for_length
+
+    net, profile = ema_for_length(ckpt, sigma_rel)
+    how = (
+        f"tracked, step {profile.step}"
+        if profile.source == "tracked"
+        else f"post-hoc from {len(set(profile.snapshot_steps))} snapshots, step {profile.step}"
+    )
+    click.echo(f"EMA σ_rel {sigma_rel:g}: {how}")
+    ckpt = dataclasses.replace(ckpt, ema=net)
+    ckpt.meta = {**ckpt.meta, "ema_profile": dataclasses.asdict(profile)}
+    return ckpt
+
+
+def _guide(ckpt: Any, path: Path, device: torch.device) -> Any:
+    """The guiding checkpoint of autoguidance, checked against the model (one line)."""
+    from physgen.sampling.guidance import check_guide
+
+    guide = load_checkpoint(path, device=device)
+    check_guide(ckpt, guide)
+    return guide
+
+
+def _model_attrs(ckpt: Any, guide: Any) -> dict[str, Any]:
+    """Run-file attributes naming the EMA profile and the guiding checkpoint, when used."""
+    out: dict[str, Any] = {}
+    profile = ckpt.meta.get("ema_profile")
+    if profile is not None:
+        out.update(ema_length=profile["sigma_rel"], ema_source=profile["source"],
+                   ema_step=profile["step"])  # fmt: skip
+    if guide is not None:
+        out.update(guide_with=str(guide.path), guide_step=guide.step)
+    return out
 
 
 def _reference_name(meta: dict[str, Any]) -> str | None:

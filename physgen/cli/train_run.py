@@ -126,6 +126,8 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
         overwrite=True, started=started,
     ) as writer:  # fmt: skip
         writer.add_curve("loss", result.losses)
+        for name, curve in _scalar_curves(result).items():
+            writer.add_curve(name, curve)
         writer.add_metric("steps_per_second", result.steps / max(result.wall_seconds, 1e-9))
         writer.add_metric("final_loss", float(result.losses[-100:].mean()))
         writer.set_attrs(
@@ -142,6 +144,14 @@ def _run_train(run: Any, cfg: Any, ctx: click.Context, out_dir: Path, checkpoint
         f"steps/s); final loss {float(result.losses[-100:].mean()):.4g}\n"
         f"checkpoint: {checkpoint}\nrun file:   {run_path}\nloss plot:  {out_dir / 'loss.png'}"
     )
+
+
+def _scalar_curves(result: Any) -> dict[str, Any]:
+    """The per-step gradient norm and learning rate, and (step, steps/s) at each log flush of
+    this call: ``/metrics/curves/<name>`` in train.h5 beside the loss."""
+    curves = {"grad_norm": result.grad_norms, "lr": result.lrs}
+    curves["steps_per_second"] = result.steps_per_second
+    return {k: v for k, v in curves.items() if v is not None}
 
 
 def _check_teacher_shape(process: Any, data: Any) -> None:

@@ -5,6 +5,7 @@ Tensors are grouped by prefix::
     net.<key>      model state_dict            ema.<key>     EMA weights
     process.<key>  process state_dict          optim.<key>   optimizer tensors (stable keys)
     rng.<name>     generator states (uint8)    extra.<name>  anything else (e.g. the loss curve)
+    profiles.<i>.<key>  EMA profile i (power-function EMAs, physgen.training.posthoc)
 
 and the safetensors header's ``__metadata__`` holds ``{"physgen": json.dumps(meta)}`` with
 ``format``, versions, time, step, the optimizer's non-tensor state and what the caller adds
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ __all__ = [
 
 #: Version of the checkpoint layout; a reader refuses any other.
 CHECKPOINT_FORMAT = 1
-_GROUPS = ("net", "ema", "process", "optim", "rng", "extra")
+_GROUPS = ("net", "ema", "process", "optim", "rng", "extra", "profiles")
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
@@ -56,11 +57,26 @@ class RawCheckpoint:
     optim: dict[str, Tensor] = field(default_factory=dict)
     rng: dict[str, Tensor] = field(default_factory=dict)
     extra: dict[str, Tensor] = field(default_factory=dict)
+    #: the EMA profiles' tensors as ``<i>.<key>`` (see :meth:`profile_states`)
+    profiles: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def step(self) -> int:
         """Training steps completed when the checkpoint was written."""
         return int(self.meta.get("step", 0))
+
+    def profile_states(self) -> list[dict[str, Tensor]]:
+        """The state dict of each stored EMA profile, in the order of the run's
+        ``ema_lengths``."""
+        out: dict[int, dict[str, Tensor]] = {}
+        for key, value in self.profiles.items():
+            index, _, name = key.partition(".")
+            if not index.isdigit() or not name:
+                raise CheckpointError(f"{self.path}: odd EMA profile tensor {key!r}")
+            out.setdefault(int(index), {})[name] = value
+        if sorted(out) != list(range(len(out))):
+            raise CheckpointError(f"{self.path}: EMA profiles {sorted(out)} are not 0..n-1")
+        return [out[i] for i in range(len(out))]
 
 
 StateLike = nn.Module | Mapping[str, Tensor] | None
@@ -138,13 +154,15 @@ def save_checkpoint(
     meta: Mapping[str, Any],
     rng_state: Mapping[str, Tensor] | None = None,
     extra: Mapping[str, Tensor] | None = None,
+    profiles: Sequence[StateLike] = (),
 ) -> Path:
     """Write one safetensors checkpoint atomically and return its path.
 
     ``net``/``ema``/``process`` are modules or state dicts; ``meta`` is JSON-serialisable
     (caller keys: ``process``, ``network``, ``dataset``, ``train``, ``step``...). This function
     adds ``format``, ``physgen_version``, ``torch_version``, ``time`` and ``optimizer`` (the
-    non-tensor optimizer state). ``rng_state`` maps names to generator states (uint8).
+    non-tensor optimizer state). ``rng_state`` maps names to generator states (uint8);
+    ``profiles`` are EMA profiles (modules or state dicts), stored as ``profiles.<i>.<key>``.
     """
     tensors: dict[str, Tensor] = {}
     _put(tensors, "net", _state(net))
@@ -156,6 +174,8 @@ def save_checkpoint(
         _put(tensors, "optim", optim_tensors)
     _put(tensors, "rng", rng_state or {})
     _put(tensors, "extra", extra or {})
+    for i, profile in enumerate(profiles):
+        _put(tensors, f"profiles.{i}", _state(profile))
     header = {
         **meta,
         "format": CHECKPOINT_FORMAT,

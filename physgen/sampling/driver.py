@@ -107,6 +107,7 @@ def sample(
     schedule: str | None = None,
     schedule_options: dict[str, Any] | None = None,
     clip_denoised: float = 0.0,
+    guide: nn.Module | None = None,
 ) -> SampleSet:
     """Draw ``n`` samples of ``event_shape`` by integrating the reverse dynamics of ``process``.
 
@@ -120,7 +121,11 @@ def sample(
     scale ``w`` (0 unconditional, 1 conditional, > 1 guided; needs ``cond`` and a net trained
     with label dropout), ``guidance_interval`` ``(lo, hi)`` the view times where it applies (σ,
     or t for flow-matching ODE views). ``classifier(x, sigma) -> logits`` adds
-    ``classifier_scale · ∇ log p(cond | x, σ)`` to the score (score views only).
+    ``classifier_scale · ∇ log p(cond | x, σ)`` to the score (score views only). ``guide``, a
+    worse network of the same process (smaller or less trained), turns ``guidance`` into the
+    autoguidance weight: ``F_guide + w (F_net − F_guide)`` (Karras et al. 2024), with or
+    without ``cond``; check two checkpoints with
+    :func:`physgen.sampling.guidance.check_guide` first.
 
     ``schedule`` replaces the view's σ-grid by a named schedule of
     :mod:`physgen.solvers.grids` between the same endpoints, with ``schedule_options`` (e.g.
@@ -129,7 +134,8 @@ def sample(
     matching's t-grid).
 
     ``SampleSet.nfe`` counts network evaluations: a classifier-free guided call evaluates the
-    network twice (batched), so it counts two; one the guidance interval switches off, one.
+    network twice (batched), so it counts two, as does an autoguided call (both networks);
+    one the guidance interval switches off, one.
 
     ``clip_denoised = c > 0`` clamps the denoiser's output ``D(x; σ)`` to ``[−c, c]`` (the x̂_0
     clipping of Ho et al. 2020's and Nichol & Dhariwal 2021's samplers, images in [−1, 1]):
@@ -150,7 +156,9 @@ def sample(
         raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
     if cond is not None and cond.shape[0] != n:
         raise ConfigError(f"cond has {cond.shape[0]} labels for {n} samples")
-    if cond is None and (guidance != 1.0 or classifier is not None):
+    if guide is not None:
+        _v.check_instance("guide", guide, nn.Module, "a torch.nn.Module (the guiding network)")
+    if cond is None and ((guidance != 1.0 and guide is None) or classifier is not None):
         raise ConfigError("guidance needs class labels: pass cond ([n] ints, −1 = none)")
     sampler = sampler if sampler is not None else process.default_sampler
     spec = resolve_sampler(process, sampler, registry)
@@ -164,13 +172,15 @@ def sample(
         raise ConfigError(f"clip_denoised applies to denoiser/score samplers, not {sampler!r}")
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net.eval()
+    if guide is not None:
+        guide.eval()
     chunks, nfe = [], 0
     start_time = time.perf_counter()
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         gen = StackedGenerator.for_samples(seed, start, count, device)
         c = cond[start : start + count].to(device) if cond is not None else None
-        guided = GuidedNet(net, guidance, guidance_interval)
+        guided = GuidedNet(net, guidance, guidance_interval, guide=guide)
         view = _view(process, spec.view, guided, c, clip_denoised)
         if classifier is not None:
             view = classifier_guided(view, classifier, c, classifier_scale)
@@ -198,7 +208,9 @@ def sample(
         seed=seed,
         wall_seconds=wall,
         options=options,
-        guidance=_guidance_record(cond, guidance, guidance_interval, classifier, classifier_scale),
+        guidance=_guidance_record(
+            cond, guidance, guidance_interval, classifier, classifier_scale, guide is not None
+        ),
     )
 
 
@@ -233,10 +245,13 @@ def _guidance_record(
     interval: tuple[float, float] | None,
     classifier: Classifier | None,
     classifier_scale: float,
+    autoguided: bool = False,
 ) -> dict[str, Any]:
-    if cond is None:
+    if cond is None and not autoguided:
         return {}
     out: dict[str, Any] = {"scale": float(scale)}
+    if autoguided:
+        out["autoguidance"] = True
     if interval is not None:
         out["interval"] = [float(v) for v in interval]
     if classifier is not None:

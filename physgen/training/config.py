@@ -121,6 +121,10 @@ def check_value(name: str, value: Any, base: Any, optional: bool, meta: Mapping[
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name} must be a list of strings, got {value!r}")
         return tuple(value)
+    if base == tuple[float, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list of numbers, got {value!r}")
+        return tuple(check_value(name, v, float, False, meta) for v in value)
     if base == tuple[float, float]:
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ConfigError(f"{name} must be two numbers, got {value!r}")
@@ -204,6 +208,41 @@ class TrainConfig:
     channels_last: bool = option(False, "channels-last memory format (images).")
     workers: int = option(0, "DataLoader worker processes reading streamed data.", min=0,
                           resume="free")  # fmt: skip
+    # EMA profiles and post-hoc EMA (physgen.training.posthoc; Karras et al. 2024, EDM2 §3.1)
+    ema_lengths: tuple[float, ...] = option(
+        (), "Also track a power-function EMA of this relative length σ_rel (EDM2), repeatable: "
+        "--ema-length 0.05 --ema-length 0.1; `physgen sample --ema-length` samples with one.",
+        flag="--ema-length", min=0, min_open=True, max=math.sqrt(1 / 12), max_open=True,
+    )  # fmt: skip
+    ema_snapshot_every: int | None = option(
+        None, "Snapshot the --ema-length profiles every this many steps (and at the last step) "
+        "beside the checkpoint: post-hoc EMA then rebuilds any σ_rel after training.", min=1,
+        resume="free",
+    )  # fmt: skip
+    # Learning-rate schedule (physgen.training.schedule): warm-up, then decay
+    lr_schedule: str = option(
+        "constant", "Learning-rate decay after the warm-up: constant, cosine (to 0 at "
+        "--lr-tref), inv_sqrt (lr/sqrt(max(t/t_ref, 1)), EDM2 eq. 16).",
+        choices=("constant", "cosine", "inv_sqrt"),
+    )  # fmt: skip
+    lr_warmup: int = option(
+        0, "Linear learning-rate warm-up from 0 over this many steps (or images, --lr-unit).",
+        min=0,
+    )  # fmt: skip
+    lr_tref: int | None = option(
+        None, "Decay time t_ref in --lr-unit: where inv_sqrt starts decaying, where cosine "
+        "reaches 0  [default: --steps (steps × batch size in images)]", min=1,
+    )  # fmt: skip
+    lr_unit: str = option(
+        "steps", "Unit of --lr-warmup and --lr-tref: steps, or images (steps × batch size).",
+        choices=("steps", "images"),
+    )  # fmt: skip
+    # Logging (physgen.training.scalars)
+    tensorboard: str | None = option(
+        None, "Also log loss, grad norm, lr and steps/s to TensorBoard event files in this "
+        "folder (needs the tensorboard package: pip install 'physgen[tensorboard]').",
+        resume="free",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         validate(self)

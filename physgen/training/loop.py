@@ -16,8 +16,14 @@ between steps (a second Ctrl-C during a step waits for its end), and an interrup
 land inside a step (no handler installed) keeps the last checkpoint instead of saving a
 half-updated state.
 
-Adam is the fused implementation where torch has one for the device. The EMA is
-:func:`physgen.core.ema.ema_update` with the warm-up decay ``min(decay, (1 + k)/(10 + k))``.
+Adam is the fused implementation where torch has one for the device, its learning rate set
+before each step from :func:`physgen.training.schedule.lr_at` (warm-up, then constant, cosine
+or inverse-square-root decay). The EMA is :func:`physgen.core.ema.ema_update` with the
+warm-up decay ``min(decay, (1 + k)/(10 + k))``; ``ema_lengths`` adds power-function EMAs
+(EDM2 eq. 127) and ``ema_snapshot_every`` their snapshots for post-hoc EMA
+(:mod:`physgen.training.posthoc`). Each step's loss, gradient norm (before clipping) and
+learning rate are kept (and go to TensorBoard with ``tensorboard``,
+:mod:`physgen.training.scalars`).
 Options beyond the loop: ``label_dropout`` replaces a label by −1 ("no label") with
 probability p (Ho & Salimans 2022, Algorithm 1); ``precision="bf16"`` runs the loss under
 ``torch.autocast``; ``compile`` trains through ``torch.compile(net)``; ``channels_last`` for
@@ -42,13 +48,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from physgen.core.ema import ema_update
+from physgen.core.ema import ema_update, power_beta, sigma_rel_to_gamma
 from physgen.errors import ConfigError, TrainingError
+from physgen.io.snapshots import clear_snapshots, list_snapshots, save_snapshot, snapshot_dir
 from physgen.registry import plugin_call
 from physgen.training.config import TrainConfig, config_from
 from physgen.training.distributed import barrier, dist_info, mean_over_ranks
+from physgen.training.scalars import TensorBoardLog, check_tensorboard
+from physgen.training.schedule import lr_at
 from physgen.training.seeding import data_seed, generator, noise_seed, seeded_global_rng
 from physgen.training.state import (
+    CURVES,
     TrainState,
     data_tensors,
     full_meta,
@@ -75,8 +85,17 @@ class TrainResult:
     wall_seconds: float
     #: the last checkpoint written, if any
     checkpoint: Path | None = None
-    #: the options the run used (``shards`` resolved)
+    #: the options the run used (``shards`` and ``lr_tref`` resolved)
     config: TrainConfig | None = None
+    #: float32 ``[steps]``: each step's gradient norm before clipping (NaN for steps of a
+    #: checkpoint written before physgen kept it)
+    grad_norms: np.ndarray | None = None
+    #: float32 ``[steps]``: each step's learning rate
+    lrs: np.ndarray | None = None
+    #: float64 ``[k, 2]``: (step, steps per second) at each of this call's log flushes
+    steps_per_second: np.ndarray | None = None
+    #: the power-function EMA profiles (``ema_lengths``), float32, eval mode
+    profiles: list[nn.Module] | None = None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -182,6 +201,10 @@ def train(
     if path is not None and not resume and not overwrite and path.exists():
         raise ConfigError(f"{path} already exists (resume=True continues it, overwrite=True "
                           "replaces it)")  # fmt: skip
+    cfg = _resolve_schedule(cfg)
+    snapshots = _snapshot_folder(cfg, path, resume, overwrite)
+    if cfg.tensorboard and info.is_main:
+        check_tensorboard()  # asked for but not installed: one line, before any work
     start_time = time.perf_counter()
 
     # Setup: device, data, network, process.
@@ -217,7 +240,8 @@ def train(
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x = x.contiguous(memory_format=torch.channels_last)
     run_meta = full_meta(meta, process, net, data)
-    run_meta["train"] = {**asdict(cfg), "device": str(device), "world_size": info.world_size}
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}  # JSON
+    run_meta["train"] = {**plain, "device": str(device), "world_size": info.world_size}
     extra = {}
     if codec is not None:  # the net models latents: that is the shape to rebuild it with
         run_meta["dataset"]["event_shape"] = [int(d) for d in x.shape[1:]]
@@ -235,6 +259,7 @@ def train(
     params = [p for p in net.parameters() if p.requires_grad]
     per_rank = shards // info.world_size
     shard_ids = list(range(info.rank * per_rank, (info.rank + 1) * per_rank))
+    gammas = [sigma_rel_to_gamma(s) for s in cfg.ema_lengths]  # EDM2 Algorithm 2
     state = TrainState(
         net=net,
         ema=copy.deepcopy(net).float().eval().requires_grad_(False),
@@ -243,6 +268,7 @@ def train(
         data_gen=generator(data_seed(cfg.seed), x.device),
         shard_ids=shard_ids,
         loss_gens=[generator(noise_seed(cfg.seed, s), x.device) for s in shard_ids],
+        profiles=[copy.deepcopy(net).float().eval().requires_grad_(False) for _ in gammas],
     )
     autocast: Any = (
         contextlib.nullcontext
@@ -254,28 +280,45 @@ def train(
         return ddp.no_sync() if skip and ddp is not None else contextlib.nullcontext()
 
     # Resume.
-    start, chunks = 0, [np.zeros(0, np.float32)]
+    start, curves = 0, {name: [np.zeros(0, np.float32)] for name in CURVES}
     saved, saved_step = None, -1
     if resume and path is not None:
         start, history = restore_state(path, state, run_meta)
-        chunks, saved, saved_step = [history], path, start
+        curves = {name: [history[name]] for name in CURVES}
+        saved, saved_step = path, start
+    chunks = curves["losses"]
     pending: list[torch.Tensor] = []  # device losses not yet copied to the host
-    done = start
+    pending_norms: list[torch.Tensor] = []  # and the gradient norms
+    rates: list[tuple[int, float]] = []  # (step, steps/s) at each flush
+    done, last_flush = start, (start, time.perf_counter())
     show = progress and info.is_main
     bar = tqdm(total=cfg.steps, initial=start, disable=not show, unit="step",
                dynamic_ncols=True, desc="train")  # fmt: skip
 
     def flush() -> None:
-        """Copy the pending losses to the host (one sync) and check them."""
+        """Copy the pending losses and gradient norms to the host (one sync), check them,
+        and log them with the learning rates and the steps/s since the last flush."""
+        nonlocal last_flush
         if not pending:
             return
-        chunk = mean_over_ranks(torch.stack(pending).float()).cpu().numpy()
+        both = torch.stack([torch.stack(pending).float(), torch.stack(pending_norms).float()])
+        chunk, norms = mean_over_ranks(both).cpu().numpy()
         pending.clear()
+        pending_norms.clear()
         bad = ~np.isfinite(chunk)
         if bad.any():
             i = int(np.argmax(bad))
             raise TrainingError(f"non-finite loss {chunk[i]} at step {done - len(chunk) + i}")
+        first = done - len(chunk)
+        lrs = np.array([lr_at(k, cfg) for k in range(first, done)], np.float32)
         chunks.append(chunk)
+        curves["grad_norm"].append(norms)
+        curves["lr"].append(lrs)
+        now = time.perf_counter()
+        rates.append((done, (done - last_flush[0]) / max(now - last_flush[1], 1e-9)))
+        last_flush = (done, now)
+        if tensorboard is not None:
+            tensorboard.add(first, chunk, norms, lrs, rates[-1][1])
         bar.set_postfix(loss=f"{chunk.mean():.4g}", refresh=False)
         bar.update(len(chunk))
 
@@ -283,15 +326,22 @@ def train(
         nonlocal saved, saved_step
         if path is None or done == saved_step:
             return
-        losses = np.concatenate(chunks)
-        saved = save_state(path, state, done, losses, run_meta, extra, info.is_main)
+        history = {name: np.concatenate(parts) for name, parts in curves.items()}
+        saved = save_state(path, state, done, history, run_meta, extra, info.is_main)
         saved_step = done
+
+    def snapshot() -> None:
+        """The EMA profiles after ``done`` steps, for post-hoc EMA (rank 0 writes)."""
+        if snapshots is not None and info.is_main:
+            profiles = [p.state_dict() for p in state.profiles]
+            save_snapshot(snapshots, done, profiles, cfg.ema_lengths)
 
     source = None
     if stream is not None:  # this rank's rows of every global batch, from (seed, step)
         where = dict(rank=info.rank, world_size=info.world_size, device=device)
         source = stream.open(batch_size, seed=cfg.seed, workers=cfg.workers, **where)
     first = shard_ids[0] * (batch_size // shards) if source is not None else 0
+    tensorboard = TensorBoardLog(cfg.tensorboard) if cfg.tensorboard and info.is_main else None
     interrupt = _Interrupt()
     try:
         with interrupt.installed():
@@ -330,12 +380,21 @@ def train(
                             (loss if count == 1 else loss / count).backward()
                     total = total + loss.detach()
                 pending.append(total if count == 1 else total / count)
-                # Clip, Adam, EMA (warm-up min(decay, (1 + k)/(10 + k)), as TensorFlow's
-                # ExponentialMovingAverage with num_updates: the initial net fades out fast).
+                # Clip (the norm before clipping is logged), Adam at this step's learning
+                # rate, EMA (warm-up min(decay, (1 + k)/(10 + k)), as TensorFlow's
+                # ExponentialMovingAverage with num_updates: the initial net fades out fast),
+                # the power-function EMA profiles (EDM2 eq. 127: update k + 1 of each).
                 if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                else:
+                    norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                pending_norms.append(norm.detach())
+                for group in state.optimizer.param_groups:
+                    group["lr"] = lr_at(step, cfg)
                 state.optimizer.step()
                 ema_update(state.ema, net, min(cfg.ema_decay, (1 + step) / (10 + step)))
+                for gamma, profile in zip(gammas, state.profiles, strict=True):
+                    ema_update(profile, net, power_beta(gamma, step + 1))
                 process.after_step(net, step)
                 done = step + 1
                 interrupt.in_step = False
@@ -346,6 +405,9 @@ def train(
                     flush()
                 if interrupt.requested:
                     raise KeyboardInterrupt
+                snap_every = cfg.ema_snapshot_every
+                if snap_every is not None and (done % snap_every == 0 or done == cfg.steps):
+                    snapshot()
                 if due:
                     save()
             flush()
@@ -359,6 +421,8 @@ def train(
         bar.close()
         if source is not None:
             source.close()
+        if tensorboard is not None:
+            tensorboard.close()
     barrier()  # rank 0's last checkpoint is on disk before any rank returns
     return TrainResult(
         net=net,
@@ -368,4 +432,39 @@ def train(
         wall_seconds=time.perf_counter() - start_time,
         checkpoint=saved,
         config=cfg,
+        grad_norms=np.concatenate(curves["grad_norm"]),
+        lrs=np.concatenate(curves["lr"]),
+        steps_per_second=np.array(rates, np.float64).reshape(-1, 2),
+        profiles=state.profiles,
     )
+
+
+def _resolve_schedule(cfg: TrainConfig) -> TrainConfig:
+    """``lr_tref`` defaults to the run's length (in ``lr_unit``), recorded so that a resumed
+    run that raises ``steps`` cannot silently stretch a cosine decay."""
+    if cfg.lr_schedule == "constant" or cfg.lr_tref is not None:
+        return cfg
+    scale = cfg.batch_size if cfg.lr_unit == "images" else 1
+    return config_from(TrainConfig, {"lr_tref": cfg.steps * scale}, "train()", cfg)
+
+
+def _snapshot_folder(
+    cfg: TrainConfig, path: Path | None, resume: bool, overwrite: bool
+) -> Path | None:
+    """Where ``ema_snapshot_every`` writes (beside the checkpoint); a fresh run refuses an
+    existing run's snapshots unless ``overwrite`` (then they are deleted first)."""
+    if len(set(cfg.ema_lengths)) != len(cfg.ema_lengths):
+        raise ConfigError(f"ema_lengths must be distinct, got {list(cfg.ema_lengths)}")
+    if cfg.ema_snapshot_every is None:
+        return None
+    if not cfg.ema_lengths:
+        raise ConfigError("ema_snapshot_every needs EMA profiles to snapshot: set ema_lengths")
+    if path is None:
+        raise ConfigError("ema_snapshot_every needs a checkpoint path (snapshots go beside it)")
+    folder = snapshot_dir(path)
+    if not resume and list_snapshots(folder):
+        if not overwrite:
+            raise ConfigError(f"{folder} holds EMA snapshots of an earlier run (resume=True "
+                              "continues it, overwrite=True replaces it)")  # fmt: skip
+        clear_snapshots(folder)
+    return folder

@@ -20,7 +20,15 @@ from physgen.training.config import TrainConfig
 from physgen.training.distributed import all_gather_objects
 from physgen.training.seeding import rng_key
 
-__all__ = ["RESUME_KEYS", "data_tensors", "describe", "full_meta", "restore_state", "save_state"]
+__all__ = [
+    "CURVES",
+    "RESUME_KEYS",
+    "data_tensors",
+    "describe",
+    "full_meta",
+    "restore_state",
+    "save_state",
+]
 
 #: Training options that must match between a checkpoint and the run resuming it (the others
 #: are budget-like: steps, checkpoint_every, log_every).
@@ -141,34 +149,56 @@ class TrainState:
     data_gen: torch.Generator
     shard_ids: list[int]
     loss_gens: list[torch.Generator]
+    #: the power-function EMA profiles, one per ``ema_lengths`` entry
+    profiles: list[nn.Module] = dataclasses.field(default_factory=list)
+
+
+#: the per-step curves a checkpoint keeps (``extra.<name>``, float32 ``[step]``): the mean
+#: loss, the gradient norm before clipping and the learning rate of every step
+CURVES = ("losses", "grad_norm", "lr")
 
 
 def save_state(
-    path: Path, state: TrainState, step: int, losses: np.ndarray, meta: dict[str, Any],
-    extra: dict[str, Tensor], is_main: bool,
+    path: Path, state: TrainState, step: int, curves: dict[str, np.ndarray],
+    meta: dict[str, Any], extra: dict[str, Tensor], is_main: bool,
 ) -> Path:  # fmt: skip
     """Write the checkpoint of ``state`` after ``step`` steps (atomically, on rank 0; every
-    rank must call this: it gathers the shards' generator states)."""
+    rank must call this: it gathers the shards' generator states). ``curves``: the
+    :data:`CURVES` of every step so far."""
     rng = {"data": state.data_gen.get_state()}
     pairs = zip(state.shard_ids, state.loss_gens, strict=True)
     for states in all_gather_objects({rng_key(s): g.get_state() for s, g in pairs}):
         rng.update(states)
     if not is_main:
         return path
-    curve = torch.from_numpy(np.ascontiguousarray(losses, np.float32))
+    stored = {k: torch.from_numpy(np.ascontiguousarray(curves[k], np.float32)) for k in CURVES}
     return save_checkpoint(
         path, net=state.net, ema=state.ema, optimizer=state.optimizer,
         process=state.process if isinstance(state.process, nn.Module) else None,
-        meta={**meta, "step": step}, rng_state=rng, extra={**extra, "losses": curve},
+        meta={**meta, "step": step}, rng_state=rng, extra={**extra, **stored},
+        profiles=state.profiles,
     )  # fmt: skip
 
 
-def restore_state(path: Path, state: TrainState, meta: dict[str, Any]) -> tuple[int, np.ndarray]:
-    """Load ``path`` into ``state`` after checking it is this run; returns (step, losses)."""
+def restore_state(
+    path: Path, state: TrainState, meta: dict[str, Any]
+) -> tuple[int, dict[str, np.ndarray]]:
+    """Load ``path`` into ``state`` after checking it is this run; returns the step and the
+    :data:`CURVES` so far (a checkpoint of an older physgen has only the losses: the other
+    curves are NaN up to its step)."""
     raw = load_checkpoint_file(path)
     check_same_run(path, raw.meta, meta)
     restore_module(state.net, raw, "net")
     restore_module(state.ema, raw, "ema")
+    stored = raw.profile_states() if state.profiles else []
+    if len(stored) != len(state.profiles):
+        raise CheckpointError(f"{path}: holds {len(stored)} EMA profiles, the run tracks "
+                              f"{len(state.profiles)}")  # fmt: skip
+    for profile, profile_state in zip(state.profiles, stored, strict=True):
+        try:
+            profile.load_state_dict(profile_state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: EMA profile does not fit ({err})") from None
     if isinstance(state.process, nn.Module):
         restore_module(state.process, raw, "process")
     restore_optimizer(state.optimizer, raw)
@@ -178,7 +208,10 @@ def restore_state(path: Path, state: TrainState, meta: dict[str, Any]) -> tuple[
             gen.set_state(raw.rng[rng_key(shard)])
     except (KeyError, RuntimeError) as err:
         raise CheckpointError(f"{path}: unusable generator state ({err})") from None
-    losses = raw.extra.get("losses", torch.zeros(0)).numpy()
-    if losses.shape != (raw.step,):
-        raise CheckpointError(f"{path}: loss curve does not match step {raw.step}")
-    return raw.step, losses
+    curves = {}
+    for name in CURVES:
+        missing = torch.full((raw.step,), float("nan")) if name != "losses" else torch.zeros(0)
+        curves[name] = raw.extra.get(name, missing).numpy()
+        if curves[name].shape != (raw.step,):
+            raise CheckpointError(f"{path}: {name} curve does not match step {raw.step}")
+    return raw.step, curves
